@@ -1,0 +1,91 @@
+"""Input validation for the coupled selective scan (SPEC section 2).
+
+Shapes: M modalities, Bt batch, D channels (d_inner), N state size, L length.
+Errors name the argument, the shape received and the shape expected.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+_HALF = (torch.float16, torch.bfloat16)
+_SUPPORTED = (torch.float32, torch.float64, *_HALF)
+
+
+@dataclass(frozen=True)
+class ScanDims:
+    M: int
+    Bt: int
+    D: int
+    N: int
+    L: int
+    compute_dtype: torch.dtype
+
+
+def _shape(t: torch.Tensor) -> tuple:
+    return tuple(t.shape)
+
+
+def _expect(name: str, t: torch.Tensor | None, expected: tuple, letters: str) -> None:
+    if t is None:
+        return
+    if not isinstance(t, torch.Tensor):
+        raise ValueError(f"{name}: expected a tensor of shape {letters}, got {type(t).__name__}")
+    if _shape(t) != expected:
+        raise ValueError(f"{name}: got shape {_shape(t)}, expected {letters} = {expected}")
+
+
+def check_scan_inputs(
+    u, delta, A, B, C, D=None, z=None, delta_bias=None, initial_state=None
+) -> ScanDims:
+    """Validate shapes, devices and dtypes; return the dimensions and the compute dtype.
+
+    u, delta, B, C, z share one dtype (fp32, fp64, fp16 or bf16); A, D, delta_bias and
+    initial_state have that dtype too, or float32 when the inputs are half precision (mamba
+    keeps its parameters in fp32). Half inputs are computed in fp32.
+    """
+    if not isinstance(u, torch.Tensor) or u.dim() != 4:
+        got = _shape(u) if isinstance(u, torch.Tensor) else type(u).__name__
+        raise ValueError(f"u: got shape {got}, expected 4 dims (M, Bt, D, L)")
+    M, Bt, Dc, L = u.shape
+    if not isinstance(A, torch.Tensor) or A.dim() != 3:
+        got = _shape(A) if isinstance(A, torch.Tensor) else type(A).__name__
+        raise ValueError(f"A: got shape {got}, expected 3 dims (M, D, N) = ({M}, {Dc}, N)")
+    N = A.shape[2]
+    if L == 0 or N == 0 or M == 0:
+        raise ValueError(f"u/A: empty dimension (M={M}, L={L}, N={N}); all must be >= 1")
+    _expect("delta", delta, (M, Bt, Dc, L), "(M, Bt, D, L)")
+    _expect("A", A, (M, Dc, N), "(M, D, N)")
+    _expect("B", B, (M, Bt, N, L), "(M, Bt, N, L)")
+    _expect("C", C, (M, Bt, N, L), "(M, Bt, N, L)")
+    _expect("D", D, (M, Dc), "(M, D)")
+    _expect("z", z, (M, Bt, Dc, L), "(M, Bt, D, L)")
+    _expect("delta_bias", delta_bias, (M, Dc), "(M, D)")
+    _expect("initial_state", initial_state, (M, Bt, Dc, N), "(M, Bt, D, N)")
+
+    named = {
+        "u": u, "delta": delta, "A": A, "B": B, "C": C, "D": D, "z": z,
+        "delta_bias": delta_bias, "initial_state": initial_state,
+    }
+    present = {k: v for k, v in named.items() if v is not None}
+    for k, v in present.items():
+        if v.device != u.device:
+            raise ValueError(f"{k}: on device {v.device}, but u is on {u.device}")
+        if v.dtype not in _SUPPORTED:
+            raise ValueError(f"{k}: dtype {v.dtype} not supported; use fp32, fp64, fp16 or bf16")
+    dtype = u.dtype
+    for k in ("delta", "B", "C", "z"):
+        if k in present and present[k].dtype != dtype:
+            raise ValueError(f"{k}: dtype {present[k].dtype} differs from u's dtype {dtype}")
+    for k in ("A", "D", "delta_bias", "initial_state"):
+        if k in present:
+            dt_k = present[k].dtype
+            if dt_k != dtype and not (dtype in _HALF and dt_k == torch.float32):
+                raise ValueError(
+                    f"{k}: dtype {dt_k} differs from u's dtype {dtype} "
+                    "(float32 is accepted when u is fp16/bf16)"
+                )
+    compute = torch.float32 if dtype in _HALF else dtype
+    return ScanDims(M, Bt, Dc, N, L, compute)

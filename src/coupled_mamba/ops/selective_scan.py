@@ -1,0 +1,149 @@
+"""The coupled selective scan (SPEC section 2) and the one place that picks its implementation.
+
+Shapes: M modalities, Bt batch, D channels (d_inner), N state size, L length.
+
+Implementations (all with the signature of :func:`coupled_selective_scan_ref`):
+
+- "ref":    a loop over time, the executable spec (``_reference.py``).
+- "torch":  plain PyTorch, chunked doubling scan, any device, autograd backward (``_torch_scan.py``).
+- "cpu":    compiled C++ kernel, forward and reverse-pass backward (``_cpu.py``).
+- "triton": fused GPU kernel (``_triton.py``).
+
+"auto" takes "cpu" for CPU tensors and "triton" for CUDA tensors when they can run, else "torch"
+with one warning. Optional back ends are imported here only, inside try/except.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+
+from ._checks import check_scan_inputs
+from ._coupling import resolve_coupling
+from ._reference import coupled_selective_scan_ref
+from ._torch_scan import coupled_selective_scan_torch
+
+IMPLS = ("auto", "ref", "torch", "cpu", "triton")
+_warned: set[str] = set()
+
+
+def _warn_once(key: str, message: str) -> None:
+    if key not in _warned:
+        _warned.add(key)
+        warnings.warn(message, RuntimeWarning, stacklevel=4)
+
+
+def _cpu_backend():
+    """(function, None) if the compiled CPU kernel is usable, else (None, reason)."""
+    try:
+        from . import _cpu
+    except Exception as exc:  # pragma: no cover - depends on the machine
+        return None, f"cannot import the CPU kernel module ({exc})"
+    ok, reason = _cpu.is_available()
+    return (_cpu.coupled_selective_scan_cpu, None) if ok else (None, reason)
+
+
+def _triton_backend():
+    """(function, None) if the Triton kernel is usable, else (None, reason)."""
+    try:
+        from . import _triton
+    except Exception as exc:
+        return None, f"Triton kernel unavailable ({exc})"
+    ok, reason = _triton.is_available()
+    return (_triton.coupled_selective_scan_triton, None) if ok else (None, reason)
+
+
+def _resolve_impl(impl: str, device: torch.device):
+    if impl not in IMPLS:
+        raise ValueError(f"impl: unknown implementation {impl!r}; expected one of {IMPLS}")
+    if impl == "ref":
+        return coupled_selective_scan_ref
+    if impl == "torch":
+        return coupled_selective_scan_torch
+    if impl == "cpu":
+        if device.type != "cpu":
+            raise ValueError(f"impl='cpu' needs CPU tensors, got tensors on {device}")
+        fn, reason = _cpu_backend()
+        if fn is None:
+            raise RuntimeError(f"impl='cpu' is unavailable: {reason}")
+        return fn
+    if impl == "triton":
+        fn, reason = _triton_backend()
+        if fn is None:
+            raise RuntimeError(f"impl='triton' is unavailable: {reason}")
+        return fn
+    # auto
+    if device.type == "cpu":
+        fn, reason = _cpu_backend()
+        if fn is not None:
+            return fn
+        _warn_once(
+            "cpu",
+            f"coupled_selective_scan: compiled CPU kernel unavailable ({reason}); "
+            "falling back to the slower pure-PyTorch path.",
+        )
+        return coupled_selective_scan_torch
+    if device.type == "cuda":
+        fn, reason = _triton_backend()
+        if fn is not None:
+            return fn
+        _warn_once(
+            "cuda",
+            f"coupled_selective_scan: no fused GPU kernel ({reason}); using the pure-PyTorch "
+            "path, which materialises per-chunk (M, B, D, N, T) tensors.",
+        )
+    return coupled_selective_scan_torch
+
+
+def coupled_selective_scan(
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None = None,
+    z: torch.Tensor | None = None,
+    delta_bias: torch.Tensor | None = None,
+    delta_softplus: bool = False,
+    coupling="mean",
+    initial_state: torch.Tensor | None = None,
+    return_last_state: bool = False,
+    impl: str = "auto",
+):
+    """Coupled selective scan of M modality chains (SPEC section 2).
+
+    h[t][m] = exp(dt A)[m] * sum_k W[m, k] h[t-1][k] + dt B u;  y = C h + D u, gated by silu(z).
+
+    Args:
+        u: (M, Bt, D, L) input after conv + SiLU.
+        delta: (M, Bt, D, L) raw timescale (before bias/softplus).
+        A: (M, D, N) real, negative state matrix.
+        B, C: (M, Bt, N, L) input-dependent projections.
+        D: (M, D) skip weight, or None.
+        z: (M, Bt, D, L) gate, or None.
+        delta_bias: (M, D) added to delta, or None.
+        delta_softplus: apply softplus to delta (+ bias).
+        coupling: "none" (W = I), "mean" (11^T / M, default), "sum" (11^T), a float alpha in
+            [0, 1] ((1 - alpha) I + alpha 11^T / M), or an (M, M) tensor (gradients flow to it).
+        initial_state: (M, Bt, D, N) state before step 0, or None for zeros.
+        return_last_state: also return the state after the last step.
+        impl: "auto", "ref", "torch", "cpu" or "triton" (see the module docstring).
+
+    Returns:
+        y: (M, Bt, D, L) in u's dtype; with return_last_state also h[L-1]: (M, Bt, D, N) in the
+        compute dtype (float32 for half inputs).
+
+    Raises:
+        ValueError: a shape, device or dtype is wrong (the message names the argument).
+    """
+    dims = check_scan_inputs(u, delta, A, B, C, D, z, delta_bias, initial_state)
+    cp = resolve_coupling(coupling, dims.M)
+    if cp.kind == "general" and isinstance(coupling, torch.Tensor):
+        if coupling.device != u.device:
+            raise ValueError(f"coupling: tensor on {coupling.device}, but u is on {u.device}")
+    fn = _resolve_impl(impl, u.device)
+    return fn(
+        u, delta, A, B, C, D=D, z=z, delta_bias=delta_bias, delta_softplus=delta_softplus,
+        coupling=coupling, initial_state=initial_state, return_last_state=return_last_state,
+    )
