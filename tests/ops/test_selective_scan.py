@@ -55,7 +55,7 @@ def _run(impl, kw, coupling, softplus, with_grad=True):
         names.append("coupling")
         tensors.append(coupling)
     grads = torch.autograd.grad(loss, tensors)
-    return y, h, dict(zip(names, grads))
+    return y, h, dict(zip(names, grads, strict=True))
 
 
 def _compare(impl, kw, coupling, softplus, dtype):

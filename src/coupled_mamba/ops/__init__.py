@@ -1,9 +1,9 @@
 """The coupled selective scan and its global convolution form (SPEC sections 2-3)."""
 
-from .conv_kernel import coupled_conv, coupled_conv_kernel
-from .selective_scan import IMPLS, coupled_selective_scan
 from ._reference import coupled_selective_scan_ref
 from ._torch_scan import coupled_selective_scan_torch
+from .conv_kernel import coupled_conv, coupled_conv_kernel
+from .selective_scan import IMPLS, coupled_selective_scan
 
 __all__ = [
     "IMPLS",

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
-from typing import Literal, Union
+from typing import Literal
 
 import torch
 
-CouplingArg = Union[str, float, int, torch.Tensor]
+CouplingArg = str | float | int | torch.Tensor
 
 _warned_sum = False
 

@@ -26,7 +26,10 @@ CHUNK = 64
 
 
 def _diag_scan(a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor) -> torch.Tensor:
-    """h[t] = a[t] * h[t-1] + b[t] along the last dim. a, b: (..., T); h0: (...). Returns (..., T)."""
+    """h[t] = a[t] * h[t-1] + b[t] along the last dim.
+
+    a, b: (..., T); h0: (...). Returns h: (..., T).
+    """
     T = a.shape[-1]
     b = torch.cat([a[..., :1] * h0[..., None] + b[..., :1], b[..., 1:]], dim=-1)
     k = 1

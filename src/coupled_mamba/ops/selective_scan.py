@@ -5,7 +5,7 @@ Shapes: M modalities, Bt batch, D channels (d_inner), N state size, L length.
 Implementations (all with the signature of :func:`coupled_selective_scan_ref`):
 
 - "ref":    a loop over time, the executable spec (``_reference.py``).
-- "torch":  plain PyTorch, chunked doubling scan, any device, autograd backward (``_torch_scan.py``).
+- "torch":  plain PyTorch, chunked doubling scan, any device, autograd (``_torch_scan.py``).
 - "cpu":    compiled C++ kernel, forward and reverse-pass backward (``_cpu.py``).
 - "triton": fused GPU kernel (``_triton.py``).
 

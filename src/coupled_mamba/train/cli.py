@@ -29,7 +29,7 @@ def _demo(args) -> int:
         y = coupled_selective_scan(u, delta, A, Bm, Cm, delta_softplus=True, coupling=coupling)
         ms = (time.perf_counter() - t0) * 1e3
         diff = ((y - y_none).norm() / y_none.norm()).item()
-        print(f"  coupling={coupling!s:5}  {ms:7.1f} ms  |y - y_uncoupled| / |y_uncoupled| = {diff:.3f}")
+        print(f"  coupling={coupling!s:5}  {ms:7.1f} ms  |y - y_none| / |y_none| = {diff:.3f}")
     return 0
 
 
