@@ -1,0 +1,50 @@
+"""Neural-network layers: coupled Mamba layer and encoder, cross-modal attention, pooling/fusion
+heads.
+
+Shapes: M modalities, B batch, L length, d = d_model. See docs/ARCHITECTURE.md for how they map to
+the paper.
+"""
+
+from ._inputs import lengths_to_mask
+from .coupled_mamba import (
+    COUPLING_MODES,
+    CoupledMambaCache,
+    CoupledMambaEncoder,
+    CoupledMambaLayer,
+    check_coupling,
+    check_coupling_mask,
+)
+from .cross_attention import CrossModalBlock, CrossModalEncoder, MultiheadCrossAttention
+from .heads import (
+    FUSIONS,
+    POOLINGS,
+    MLPHead,
+    ModalityFusion,
+    PoolFuseHead,
+    StreamingPool,
+    masked_pool,
+)
+from .layers import ModalityLayerNorm, ModalityLinear, ModalityProjection
+
+__all__ = [
+    "COUPLING_MODES",
+    "FUSIONS",
+    "POOLINGS",
+    "CoupledMambaCache",
+    "CoupledMambaEncoder",
+    "CoupledMambaLayer",
+    "CrossModalBlock",
+    "CrossModalEncoder",
+    "MLPHead",
+    "ModalityFusion",
+    "ModalityLayerNorm",
+    "ModalityLinear",
+    "ModalityProjection",
+    "MultiheadCrossAttention",
+    "PoolFuseHead",
+    "StreamingPool",
+    "check_coupling",
+    "check_coupling_mask",
+    "lengths_to_mask",
+    "masked_pool",
+]

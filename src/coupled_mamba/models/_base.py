@@ -1,0 +1,138 @@
+"""Shared skeleton of every task model: input projection -> encoder -> pooling/fusion head.
+
+Shapes: M modalities, B batch, L length, d_m input width of modality m, d = d_model, O outputs.
+
+Also the save/load format: a directory with ``config.json`` (the config fields plus
+``"model_name"``, the registry name) and ``model.safetensors`` (the state dict).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import torch
+from safetensors.torch import load_model, save_model
+from torch import nn
+
+from ..modules._inputs import prepare_inputs
+from ..modules.heads import PoolFuseHead
+from ..modules.layers import ModalityProjection
+from ._registry import create_model
+from .config import CoupledMambaConfig
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+
+
+class MultimodalModel(nn.Module):
+    """Base class: per-modality input projections, an encoder (set by the subclass as
+    ``self.encoder``, mapping M (B, L, d) to M (B, L, d)) and a :class:`PoolFuseHead`.
+
+    Call: ``model(inputs, mask=None, present=None) -> (B, O)``
+        inputs: list/tuple of M tensors (B, L, d_m) or a dict keyed by modality name;
+        mask: None, a shared (B, L) bool, or M (B, L) bool (True = valid step, right padding);
+        present: (B, M) bool, False for a missing modality.
+    Output: raw values (regression) or logits (classification, multilabel), (B, num_outputs).
+
+    Steps that are padding or belong to an absent modality are zeroed in the raw inputs (so NaN or
+    garbage there cannot reach any output or gradient) and again after the projection (so the
+    encoder sees exactly zero), and they are excluded from pooling and fusion.
+    """
+
+    model_name = "multimodal"
+
+    def __init__(self, config: CoupledMambaConfig):
+        super().__init__()
+        if not isinstance(config, CoupledMambaConfig):
+            raise ValueError(f"config: expected a CoupledMambaConfig, got {type(config).__name__}")
+        self.config = config
+        self.projections = nn.ModuleList(
+            ModalityProjection(d_m, config.proj_hidden, config.d_model, config.norm_eps)
+            for d_m in config.input_dims
+        )
+        self.head = PoolFuseHead(
+            config.n_modalities, config.d_model, config.num_outputs, pooling=config.pooling,
+            fusion=config.fusion, hidden=config.head_hidden, dropout=config.dropout,
+        )
+
+    # --- forward -------------------------------------------------------------------------------
+    def _prepare(self, inputs, mask, present):
+        """Validate and project. Returns (projected M x (B, L, d), masks, present, valid)."""
+        cfg = self.config
+        xs, masks, present, valid = prepare_inputs(  # valid: (M, B, L) or None
+            inputs, mask, present, cfg.modality_names, cfg.input_dims)
+        if valid is not None:
+            xs = [torch.where(valid[m][..., None], x, 0.0) for m, x in enumerate(xs)]
+        projected = [proj(x) for proj, x in zip(self.projections, xs, strict=True)]
+        return projected, masks, present, valid
+
+    def encode(self, inputs, mask=None, present=None) -> list[torch.Tensor]:
+        """The encoder outputs: a list of M tensors (B, L, d_model)."""
+        projected, masks, present, _ = self._prepare(inputs, mask, present)
+        return self.encoder(projected, masks, present)
+
+    def forward(self, inputs, mask=None, present=None) -> torch.Tensor:
+        """See the class docstring. Returns (B, num_outputs)."""
+        projected, masks, present, valid = self._prepare(inputs, mask, present)
+        return self.head(self.encoder(projected, masks, present), valid)
+
+    # --- introspection -------------------------------------------------------------------------
+    def num_parameters(self, trainable_only: bool = False) -> int:
+        """Number of parameters (elements), optionally only those with requires_grad."""
+        return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
+
+    def _describe_encoder(self) -> str:
+        raise NotImplementedError
+
+    def summary(self) -> str:
+        """One line: name, modalities, encoder, head, parameter count."""
+        c = self.config
+        mods = ", ".join(f"{n}:{d}" for n, d in zip(c.modality_names, c.input_dims, strict=True))
+        return (f"{self.model_name}: M={c.n_modalities} [{mods}] -> d_model {c.d_model}, "
+                f"{self._describe_encoder()}; pooling {c.pooling}, fusion {c.fusion}, "
+                f"{c.task} -> {c.num_outputs}; {self.num_parameters():,} parameters")
+
+    # --- save / load ---------------------------------------------------------------------------
+    def save_pretrained(self, directory: str | os.PathLike) -> None:
+        """Write ``config.json`` (with the registry name) and ``model.safetensors``."""
+        directory = os.fspath(directory)
+        os.makedirs(directory, exist_ok=True)
+        data = {"model_name": self.model_name, **self.config.to_dict()}
+        with open(os.path.join(directory, CONFIG_NAME), "w") as f:
+            json.dump(data, f, indent=2)
+            f.write("\n")
+        save_model(self, os.path.join(directory, WEIGHTS_NAME),
+                   metadata={"model_name": self.model_name})
+
+
+def from_pretrained(directory: str | os.PathLike, device: str | torch.device = "cpu") -> nn.Module:
+    """Rebuild a model saved with ``save_pretrained``; returned in eval mode on ``device``.
+
+    The registry name is read from ``config.json``; every weight must match (strict load).
+    """
+    directory = os.fspath(directory)
+    cfg_path = os.path.join(directory, CONFIG_NAME)
+    if not os.path.isfile(cfg_path):
+        raise ValueError(f"{cfg_path}: not found (expected a save_pretrained directory)")
+    with open(cfg_path) as f:
+        try:
+            data = json.load(f)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{cfg_path}: not valid JSON ({exc})") from None
+    if not isinstance(data, dict) or "model_name" not in data:
+        raise ValueError(f"{cfg_path}: missing the key 'model_name' (the registry name)")
+    name = data.pop("model_name")
+    try:
+        config = CoupledMambaConfig.from_dict(data)
+    except ValueError as exc:
+        raise ValueError(f"{cfg_path}: {exc}") from None
+    weights = os.path.join(directory, WEIGHTS_NAME)
+    if not os.path.isfile(weights):
+        raise ValueError(f"{weights}: not found")
+    model = create_model(name, config)
+    missing, unexpected = load_model(model, weights, strict=False, device=str(device))
+    if missing or unexpected:
+        raise ValueError(f"{weights}: does not match {name!r} built from {cfg_path} "
+                         f"(missing {sorted(missing)}, unexpected {sorted(unexpected)})")
+    return model.to(device).eval()

@@ -1,0 +1,83 @@
+"""The model registry: the single source of truth for model names (the CLI and trainer read it).
+
+A registered name is a model class plus config overrides, so that variants of one architecture
+(e.g. ``mamba_fusion`` = ``coupled_mamba`` with ``coupling="none"``) are declared, not copied.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from dataclasses import dataclass, field
+
+from torch import nn
+
+from .config import CoupledMambaConfig
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    name: str
+    cls: type
+    overrides: dict = field(default_factory=dict)
+    description: str = ""
+
+
+_REGISTRY: dict[str, ModelEntry] = {}
+
+
+def register_model(name: str, *, description: str = "", **overrides):
+    """Class decorator: register ``cls`` under ``name``; ``overrides`` are config fields that this
+    name fixes (applied with ``dataclasses.replace`` by :func:`create_model`)."""
+    fields = {f.name for f in dataclasses.fields(CoupledMambaConfig)}
+    bad = sorted(set(overrides) - fields)
+    if bad:
+        raise ValueError(f"register_model({name!r}): unknown config fields {bad}")
+
+    def wrap(cls):
+        if name in _REGISTRY:
+            raise ValueError(f"register_model: {name!r} is already registered "
+                             f"(by {_REGISTRY[name].cls.__name__})")
+        _REGISTRY[name] = ModelEntry(name, cls, dict(overrides), description)
+        return cls
+
+    return wrap
+
+
+def list_models() -> list[str]:
+    """Registered model names, sorted."""
+    return sorted(_REGISTRY)
+
+
+def model_entry(name: str) -> ModelEntry:
+    """The registry entry of ``name`` (class, fixed config fields, one-line description)."""
+    if name not in _REGISTRY:
+        raise ValueError(f"model: unknown name {name!r}; registered models: {list_models()}")
+    return _REGISTRY[name]
+
+
+def create_model(name: str, config: CoupledMambaConfig) -> nn.Module:
+    """Build the registered model ``name`` from ``config``.
+
+    Fields that the name fixes (see :func:`model_entry`) replace the config's values; a config
+    that set such a field to a different non-default value gets a warning. The returned model's
+    ``config`` holds the values actually used, and ``model_name`` is ``name``.
+    """
+    entry = model_entry(name)
+    if not isinstance(config, CoupledMambaConfig):
+        raise ValueError(f"config: expected a CoupledMambaConfig, got {type(config).__name__}")
+    if entry.overrides:
+        defaults = {f.name: f.default for f in dataclasses.fields(CoupledMambaConfig)}
+        for key, value in entry.overrides.items():
+            current = getattr(config, key)
+            if current != value and current != defaults[key]:
+                warnings.warn(
+                    f"create_model({name!r}): this model fixes {key}={value!r}; the config's "
+                    f"{key}={current!r} is ignored",
+                    UserWarning,
+                    stacklevel=2,
+                )
+        config = dataclasses.replace(config, **entry.overrides)
+    model = entry.cls(config)
+    model.model_name = name
+    return model

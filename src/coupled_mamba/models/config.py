@@ -1,0 +1,201 @@
+"""One typed configuration for every registered model (SPEC section 4 defaults).
+
+Symbols: M modalities, d_m input width of modality m, d = d_model, E = d_inner, N = d_state,
+R = dt_rank, K = d_conv. Saved as ``config.json`` next to the weights.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass
+
+from ..modules.coupled_mamba import check_coupling, check_coupling_mask
+from ..modules.heads import FUSIONS, POOLINGS
+from ..ops import IMPLS
+
+TASKS = ("regression", "classification", "multilabel")
+# Keys that save_pretrained writes into config.json beside the config fields.
+METADATA_KEYS = ("model_name",)
+
+
+def _positive_int(name: str, value) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{name}: expected a positive integer, got {value!r}")
+
+
+def _positive_float(name: str, value) -> None:
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:
+        raise ValueError(f"{name}: expected a positive number, got {value!r}")
+
+
+@dataclass
+class CoupledMambaConfig:
+    """Hyperparameters of a multimodal model; paper defaults (SPEC section 4).
+
+    Only ``input_dims`` is required; it is read from the data, never hard-coded.
+    Derived values are filled in ``__post_init__`` (``dt_rank``, ``modality_names``); ``d_inner``
+    and ``n_modalities`` are properties. Invalid values raise ValueError naming the field.
+    """
+
+    # --- data ---------------------------------------------------------------------------------
+    input_dims: list[int]  # d_m per modality (M = len(input_dims))
+    modality_names: list[str] | None = None  # None -> ["m0", "m1", ...]
+    task: str = "regression"  # "regression" | "classification" | "multilabel"
+    num_outputs: int = 1  # O: 1 for regression, C classes, K labels
+
+    # --- coupled Mamba encoder (paper: d_model 128, 3 layers, expand 2, d_conv 4, d_state 64) ---
+    d_model: int = 128  # d, width of each modality's residual stream
+    n_layers: int = 3  # coupled layers
+    expand: int = 2  # E = expand * d
+    d_conv: int = 4  # K, causal depthwise conv kernel
+    d_state: int = 64  # N, SSM state size per channel
+    dt_rank: int | None = None  # R; None -> d_state // 8 (paper: "timescale = d_state / 8")
+    coupling: str | float = "mean"  # W: "none" | "mean" | "sum" | alpha in [0, 1] | "learned"
+    coupling_mask: list[list[int]] | None = None  # (M, M) 0/1: which states modality m may read
+    dt_min: float = 0.001  # softplus(dt bias) initialised log-uniform in [dt_min, dt_max]
+    dt_max: float = 0.1
+    dt_init: str = "random"  # dt_proj weight init: "random" U(-s, s) | "constant" s; s = R^-0.5
+    dt_scale: float = 1.0
+    dt_init_floor: float = 1e-4
+    conv_bias: bool = True
+    bias: bool = False  # in_proj / out_proj bias (Mamba: False)
+    rescale_prenorm_residual: bool = True  # out_proj init scaled by 1 / sqrt(n_layers)
+    norm_eps: float = 1e-5
+    scan_impl: str = "auto"  # coupled_selective_scan impl: "auto" | "ref" | "torch" | "cpu" | ...
+
+    # --- input projection and head -------------------------------------------------------------
+    proj_hidden: int = 256  # Linear(d_m, 256) -> LN -> ReLU -> Linear(256, d) -> LN
+    pooling: str = "max"  # "max" | "mean" | "last" (over valid steps)
+    fusion: str = "softmax"  # "softmax" (learned weights) | "mean" (plain average) | "concat"
+    head_hidden: int = 64  # Linear(d, 64) -> ReLU -> Dropout -> Linear(64, O)
+    dropout: float = 0.1
+
+    # --- cross-attention baseline --------------------------------------------------------------
+    n_heads: int = 4  # H, d_model must be divisible by it
+    ffn_mult: int = 4  # FFN width = ffn_mult * d
+    materialize_attention: bool = False  # explicit softmax(QK^T) instead of SDPA
+
+    def __post_init__(self):
+        dims = self.input_dims
+        if isinstance(dims, tuple):
+            dims = list(dims)
+        if not isinstance(dims, list) or not dims:
+            raise ValueError(f"input_dims: expected a non-empty list of ints, got {dims!r}")
+        for i, d in enumerate(dims):
+            _positive_int(f"input_dims[{i}]", d)
+        self.input_dims = dims
+        M = len(dims)
+
+        names = self.modality_names
+        if names is None:
+            names = [f"m{i}" for i in range(M)]
+        names = list(names) if isinstance(names, (list, tuple)) else names
+        if not isinstance(names, list) or not all(isinstance(n, str) and n for n in names):
+            raise ValueError(f"modality_names: expected a list of non-empty strings, got {names!r}")
+        if len(names) != M:
+            raise ValueError(
+                f"modality_names: got {len(names)} names {names}, but input_dims has M = {M} "
+                "modalities"
+            )
+        if len(set(names)) != M:
+            raise ValueError(f"modality_names: names must be unique, got {names}")
+        self.modality_names = names
+
+        if self.task not in TASKS:
+            raise ValueError(f"task: unknown task {self.task!r}; expected one of {TASKS}")
+        _positive_int("num_outputs", self.num_outputs)
+        if self.task == "classification" and self.num_outputs < 2:
+            raise ValueError(
+                f"num_outputs: classification needs >= 2 classes (logits), got {self.num_outputs}"
+            )
+
+        for name in ("d_model", "n_layers", "expand", "d_conv", "d_state", "proj_hidden",
+                     "head_hidden", "n_heads", "ffn_mult"):
+            _positive_int(name, getattr(self, name))
+        if self.dt_rank is None:
+            self.dt_rank = max(1, self.d_state // 8)
+        _positive_int("dt_rank", self.dt_rank)
+
+        self.coupling = check_coupling(self.coupling, "coupling")
+        if self.coupling_mask is not None:
+            self.coupling_mask = check_coupling_mask(self.coupling_mask, M, "coupling_mask")
+
+        for name in ("dt_min", "dt_max", "dt_scale", "dt_init_floor", "norm_eps"):
+            _positive_float(name, getattr(self, name))
+        if self.dt_min > self.dt_max:
+            raise ValueError(f"dt_min: {self.dt_min} is larger than dt_max = {self.dt_max}")
+        if self.dt_init not in ("random", "constant"):
+            raise ValueError(f"dt_init: expected 'random' or 'constant', got {self.dt_init!r}")
+        if self.pooling not in POOLINGS:
+            raise ValueError(f"pooling: unknown mode {self.pooling!r}; expected one of {POOLINGS}")
+        if self.fusion not in FUSIONS:
+            raise ValueError(f"fusion: unknown mode {self.fusion!r}; expected one of {FUSIONS}")
+        if not isinstance(self.dropout, (int, float)) or not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout: expected a probability in [0, 1), got {self.dropout!r}")
+        if self.scan_impl not in IMPLS:
+            raise ValueError(f"scan_impl: unknown implementation {self.scan_impl!r}; "
+                             f"expected one of {IMPLS}")
+        for name in ("conv_bias", "bias", "rescale_prenorm_residual", "materialize_attention"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name}: expected a bool, got {getattr(self, name)!r}")
+
+    # --- derived ---------------------------------------------------------------------------------
+    @property
+    def n_modalities(self) -> int:
+        """M."""
+        return len(self.input_dims)
+
+    @property
+    def d_inner(self) -> int:
+        """E = expand * d_model, the scan's channel count."""
+        return self.expand * self.d_model
+
+    # --- serialisation -------------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        """A JSON-serialisable dict of every field (derived fields resolved)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> CoupledMambaConfig:
+        """Build a config from :meth:`to_dict` output; unknown keys raise ValueError."""
+        if not isinstance(data, dict):
+            raise ValueError(f"config: expected a dict, got {type(data).__name__}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"config: unknown keys {unknown}; known keys are {sorted(known)}")
+        if "input_dims" not in data:
+            raise ValueError("config: missing required key 'input_dims'")
+        return cls(**data)
+
+    def save(self, path: str | os.PathLike) -> str:
+        """Write the config as JSON to ``path`` (a file, or a directory -> ``dir/config.json``).
+        Returns the file written."""
+        path = os.fspath(path)
+        if os.path.isdir(path):
+            path = os.path.join(path, "config.json")
+        with open(path, "w") as f:
+            json.dump(self.to_dict(), f, indent=2)
+            f.write("\n")
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> CoupledMambaConfig:
+        """Read a config saved by :meth:`save` or ``save_pretrained`` (a file or its directory)."""
+        path = os.fspath(path)
+        if os.path.isdir(path):
+            path = os.path.join(path, "config.json")
+        try:
+            with open(path) as f:
+                data = json.load(f)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path}: not valid JSON ({exc})") from None
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: expected a JSON object, got {type(data).__name__}")
+        data = {k: v for k, v in data.items() if k not in METADATA_KEYS}
+        try:
+            return cls.from_dict(data)
+        except ValueError as exc:
+            raise ValueError(f"{path}: {exc}") from None

@@ -1,0 +1,94 @@
+"""Per-modality building blocks: M independent layers stored as one stacked parameter each.
+
+Shapes: M modalities, B batch, L length, d / d_in / d_out feature widths.
+
+The coupled layer (SPEC section 4) gives every modality its own projections and norms. Holding
+the M copies in one (M, ...) parameter instead of a ModuleList of M modules turns M small matmuls
+into one batched matmul (``torch.bmm``) and keeps the modality axis first, which is the layout the
+coupled scan wants. Slice m of each parameter is exactly the parameter an ``nn.Linear`` /
+``nn.LayerNorm`` of modality m would hold, initialised with the same distribution.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class ModalityLinear(nn.Module):
+    """M independent ``nn.Linear(d_in, d_out)`` layers applied to a modality-first tensor.
+
+    Parameters: weight (M, d_out, d_in), bias (M, d_out) or None.
+    """
+
+    def __init__(self, n_modalities: int, d_in: int, d_out: int, bias: bool = True):
+        super().__init__()
+        self.n_modalities, self.d_in, self.d_out = n_modalities, d_in, d_out
+        self.weight = nn.Parameter(torch.empty(n_modalities, d_out, d_in))
+        self.bias = nn.Parameter(torch.empty(n_modalities, d_out)) if bias else None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        # nn.Linear's default (kaiming_uniform with a=sqrt(5)) is U(-1/sqrt(d_in), 1/sqrt(d_in)).
+        bound = 1.0 / math.sqrt(self.d_in)
+        nn.init.uniform_(self.weight, -bound, bound)
+        if self.bias is not None:
+            nn.init.uniform_(self.bias, -bound, bound)
+
+    def forward(self, x: torch.Tensor, add_bias: bool = True) -> torch.Tensor:
+        """x: (M, ..., d_in) -> (M, ..., d_out). ``add_bias=False`` skips the bias (Mamba's dt
+        projection hands its bias to the scan as ``delta_bias``)."""
+        M = self.n_modalities
+        flat = x.reshape(M, -1, self.d_in)
+        if self.bias is not None and add_bias:
+            out = torch.baddbmm(self.bias[:, None, :], flat, self.weight.transpose(1, 2))
+        else:
+            out = torch.bmm(flat, self.weight.transpose(1, 2))
+        return out.reshape(*x.shape[:-1], self.d_out)
+
+    def extra_repr(self) -> str:
+        return f"M={self.n_modalities}, d_in={self.d_in}, d_out={self.d_out}, " \
+               f"bias={self.bias is not None}"
+
+
+class ModalityLayerNorm(nn.Module):
+    """M independent ``nn.LayerNorm(d)`` over the last dim of a modality-first tensor.
+
+    Parameters: weight (M, d) (ones), bias (M, d) (zeros).
+    """
+
+    def __init__(self, n_modalities: int, d: int, eps: float = 1e-5):
+        super().__init__()
+        self.n_modalities, self.d, self.eps = n_modalities, d, eps
+        self.weight = nn.Parameter(torch.ones(n_modalities, d))
+        self.bias = nn.Parameter(torch.zeros(n_modalities, d))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (M, ..., d) -> (M, ..., d)."""
+        shape = (self.n_modalities,) + (1,) * (x.dim() - 2) + (self.d,)
+        y = F.layer_norm(x, (self.d,), eps=self.eps)
+        return torch.addcmul(self.bias.view(shape), y, self.weight.view(shape))
+
+    def extra_repr(self) -> str:
+        return f"M={self.n_modalities}, d={self.d}, eps={self.eps}"
+
+
+class ModalityProjection(nn.Sequential):
+    """Input projection of one modality (SPEC section 4):
+    Linear(d_m, hidden) -> LayerNorm -> ReLU -> Linear(hidden, d_model) -> LayerNorm.
+
+    (B, L, d_m) -> (B, L, d_model). Feature widths differ between modalities, so each modality has
+    its own module (a ModuleList in the models) rather than a stacked parameter.
+    """
+
+    def __init__(self, d_in: int, hidden: int, d_model: int, eps: float = 1e-5):
+        super().__init__(
+            nn.Linear(d_in, hidden),
+            nn.LayerNorm(hidden, eps=eps),
+            nn.ReLU(),
+            nn.Linear(hidden, d_model),
+            nn.LayerNorm(d_model, eps=eps),
+        )

@@ -1,0 +1,75 @@
+"""CoupledMambaConfig: paper defaults, derived fields, validation, JSON round trip."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from coupled_mamba.models import CoupledMambaConfig
+
+
+def test_paper_defaults_and_derived_fields():
+    cfg = CoupledMambaConfig(input_dims=[768, 74, 35])
+    assert (cfg.d_model, cfg.n_layers, cfg.expand, cfg.d_conv, cfg.d_state) == (128, 3, 2, 4, 64)
+    assert cfg.dt_rank == 64 // 8  # "timescale = d_state / 8"
+    assert cfg.coupling == "mean" and cfg.pooling == "max" and cfg.fusion == "softmax"
+    assert (cfg.proj_hidden, cfg.head_hidden) == (256, 64)
+    assert (cfg.dt_min, cfg.dt_max) == (0.001, 0.1)
+    assert cfg.modality_names == ["m0", "m1", "m2"]
+    assert cfg.n_modalities == 3 and cfg.d_inner == 256
+    assert CoupledMambaConfig(input_dims=[4], d_state=4).dt_rank == 1  # never below 1
+    assert CoupledMambaConfig(input_dims=[4], d_state=64, dt_rank=16).dt_rank == 16
+    assert CoupledMambaConfig(input_dims=(4, 5), coupling=1).coupling == 1.0
+
+
+@pytest.mark.parametrize("field,kwargs", [
+    ("input_dims", dict(input_dims=[])),
+    ("input_dims\\[1\\]", dict(input_dims=[4, 0])),
+    ("modality_names", dict(input_dims=[4, 5], modality_names=["a"])),
+    ("modality_names", dict(input_dims=[4, 5], modality_names=["a", "a"])),
+    ("task", dict(input_dims=[4], task="ranking")),
+    ("num_outputs", dict(input_dims=[4], task="classification", num_outputs=1)),
+    ("d_model", dict(input_dims=[4], d_model=0)),
+    ("dt_rank", dict(input_dims=[4], dt_rank=0)),
+    ("dt_rank", dict(input_dims=[4], dt_rank=2.5)),
+    ("coupling", dict(input_dims=[4], coupling="max")),
+    ("coupling", dict(input_dims=[4], coupling=1.5)),
+    ("coupling", dict(input_dims=[4], coupling=True)),
+    ("coupling_mask", dict(input_dims=[4, 5], coupling_mask=[[1, 1]])),
+    ("coupling_mask", dict(input_dims=[4, 5], coupling_mask=[[0, 1], [1, 1]])),
+    ("coupling_mask", dict(input_dims=[4, 5], coupling_mask=[[1, 2], [1, 1]])),
+    ("pooling", dict(input_dims=[4], pooling="median")),
+    ("fusion", dict(input_dims=[4], fusion="attention")),
+    ("dropout", dict(input_dims=[4], dropout=1.0)),
+    ("dt_min", dict(input_dims=[4], dt_min=0.5, dt_max=0.1)),
+    ("dt_init", dict(input_dims=[4], dt_init="uniform")),
+    ("scan_impl", dict(input_dims=[4], scan_impl="cuda")),
+    ("materialize_attention", dict(input_dims=[4], materialize_attention="yes")),
+])
+def test_invalid_values_raise_value_errors_naming_the_field(field, kwargs):
+    with pytest.raises(ValueError, match=f"^{field}"):
+        CoupledMambaConfig(**kwargs)
+
+
+def test_dict_and_json_round_trip(tmp_path):
+    cfg = CoupledMambaConfig(input_dims=[4, 5, 6], modality_names=["t", "a", "v"], coupling=0.25,
+                             coupling_mask=[[1, 1, 0], [1, 1, 1], [0, 1, 1]], task="multilabel",
+                             num_outputs=5)
+    assert CoupledMambaConfig.from_dict(cfg.to_dict()) == cfg
+    path = cfg.save(tmp_path)
+    assert path.endswith("config.json")
+    assert json.load(open(path))["coupling"] == 0.25
+    assert CoupledMambaConfig.load(tmp_path) == cfg
+    assert CoupledMambaConfig.load(path) == cfg
+
+
+def test_from_dict_rejects_unknown_or_missing_keys(tmp_path):
+    with pytest.raises(ValueError, match="unknown keys \\['d_modle'\\]"):
+        CoupledMambaConfig.from_dict({"input_dims": [4], "d_modle": 64})
+    with pytest.raises(ValueError, match="input_dims"):
+        CoupledMambaConfig.from_dict({"d_model": 64})
+    bad = tmp_path / "config.json"
+    bad.write_text("{not json")
+    with pytest.raises(ValueError, match="config.json: not valid JSON"):
+        CoupledMambaConfig.load(bad)
