@@ -1,0 +1,90 @@
+"""``load_dataset``: one entry point for every supported format, with alignment (SPEC section 4).
+
+Formats: "mmsa" (MMSA feature pickles), "mogonet" (multi-omics CSV folders), "mmimdb"
+(``multimodal_imdb.hdf5``), "npz" (the generic folder). Loaders return data and never mutate a
+config; feature sizes come from the files (``MultimodalData.input_dims``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ._types import MultimodalData
+from .align import align_data
+from .mmimdb import read_mmimdb
+from .mmsa import read_mmsa_pickle
+from .mogonet import DEFAULT_N_TOKENS, read_mogonet
+from .npz import read_npz_folder
+
+FORMATS = ("auto", "mmsa", "mogonet", "mmimdb", "npz")
+_OPTIONS = {
+    "mmsa": {"name", "metric_family", "modalities"},
+    "mogonet": {"n_tokens", "valid_fraction", "split_seed", "view_names", "standardize_features",
+                "name"},
+    "mmimdb": {"n_tokens", "text_source", "image_source", "standardize_features", "name"},
+    "npz": {"name", "metric_family", "valid_fraction", "split_seed"},
+}
+
+
+def detect_format(path) -> str:
+    """The format of ``path``: a .pkl file -> mmsa, .hdf5/.h5 -> mmimdb, a folder with
+    ``1_tr.csv`` (or any ``{v}_tr.csv``) -> mogonet, a folder with ``train.npz`` -> npz."""
+    path = Path(path)
+    if path.is_file():
+        suffix = path.suffix.lower()
+        if suffix in (".pkl", ".pickle"):
+            return "mmsa"
+        if suffix in (".hdf5", ".h5"):
+            return "mmimdb"
+        raise ValueError(f"{path}: cannot tell the format from the suffix {suffix!r} (expected "
+                         ".pkl for MMSA or .hdf5/.h5 for MM-IMDB); pass format=")
+    if path.is_dir():
+        if (path / "train.npz").is_file():
+            return "npz"
+        if any(path.glob("*_tr.csv")):
+            return "mogonet"
+        raise ValueError(f"{path}: folder has neither train.npz (npz format) nor 1_tr.csv "
+                         "(MOGONET format)")
+    raise FileNotFoundError(f"dataset path not found: {path}")
+
+
+def load_dataset(path, format: str = "auto", seq_len: int | None = None,
+                 **options) -> MultimodalData:
+    """Load a dataset and bring its modalities to one length.
+
+    Args:
+        path: file or folder (see :func:`detect_format`).
+        format: "auto" | "mmsa" | "mogonet" | "mmimdb" | "npz".
+        seq_len: target length L. None keeps the data's own length when all modalities already
+            share one (aligned files, MOGONET/MM-IMDB token sequences) and otherwise resamples to
+            50 (SPEC section 4); an explicit value resamples unless it equals that length. For
+            MOGONET and MM-IMDB it sets the number of tokens (same as ``n_tokens``).
+        options: per format
+            mmsa: name, metric_family, modalities;
+            mogonet: n_tokens (10), valid_fraction (0.2), split_seed (0), view_names,
+                standardize_features (True), name;
+            mmimdb: n_tokens (10), text_source ("features"), image_source ("vgg_features"),
+                standardize_features (True), name;
+            npz: name, metric_family, valid_fraction (0: none unless valid.npz), split_seed.
+    Returns:
+        MultimodalData whose modalities share one L (segment-mean alignment, lengths carried).
+    """
+    if format not in FORMATS:
+        raise ValueError(f"format must be one of {FORMATS}, got {format!r}")
+    fmt = detect_format(path) if format == "auto" else format
+    unknown = set(options) - _OPTIONS[fmt]
+    if unknown:
+        raise ValueError(f"unknown option(s) {sorted(unknown)} for format {fmt!r}; allowed: "
+                         f"{sorted(_OPTIONS[fmt])}")
+    if fmt in ("mogonet", "mmimdb"):
+        n_tokens = options.pop("n_tokens", None)
+        if n_tokens is not None and seq_len is not None and n_tokens != seq_len:
+            raise ValueError(f"n_tokens={n_tokens} and seq_len={seq_len} disagree; for {fmt} "
+                             "they are the same thing (give one)")
+        if n_tokens is None:
+            n_tokens = DEFAULT_N_TOKENS if seq_len is None else seq_len
+        options["n_tokens"] = n_tokens
+        reader = read_mogonet if fmt == "mogonet" else read_mmimdb
+    else:
+        reader = read_mmsa_pickle if fmt == "mmsa" else read_npz_folder
+    return align_data(reader(path, **options), seq_len)
