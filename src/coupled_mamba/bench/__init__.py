@@ -1,0 +1,14 @@
+"""Benchmarks that re-measure the paper's claims (issue 6): ``coupled-mamba bench ...``.
+
+- :mod:`.efficiency`: latency and peak memory against sequence length, Coupled Mamba vs the
+  uncoupled Mamba fusion and cross-attention (SDPA and materialised weights), paper Figs. 3-4.
+- :mod:`.memory`: how peak memory is measured (fresh child process + peak RSS on CPU, the
+  allocator's counters on CUDA).
+- :mod:`.plotting`: PNG figures from result rows (matplotlib, Agg).
+- :mod:`.cli`: the subcommands. Results and their commands are recorded in docs/BENCHMARKS.md.
+"""
+
+from .efficiency import EfficiencySettings, run_efficiency, write_results
+from .memory import PeakRSS, run_isolated
+
+__all__ = ["EfficiencySettings", "PeakRSS", "run_efficiency", "run_isolated", "write_results"]
