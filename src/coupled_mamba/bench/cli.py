@@ -14,13 +14,18 @@ import os
 from coupled_mamba.train.cli import Command
 
 
-def int_list(text: str) -> list[int]:
-    """``"50,250,1000"`` -> [50, 250, 1000] (argparse type)."""
-    try:
-        return [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated integers, got {text!r}") from None
+def _number_list(cast, what: str):
+    def parse(text: str) -> list:
+        try:
+            return [cast(x) for x in text.split(",") if x.strip()]
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected comma-separated {what}, got {text!r}") from None
+    return parse
+
+
+int_list = _number_list(int, "integers")  # "50,250,1000" -> [50, 250, 1000] (argparse type)
+float_list = _number_list(float, "numbers")  # "0,0.5" -> [0.0, 0.5]
 
 
 def str_list(text: str) -> list[str]:
@@ -97,11 +102,212 @@ def run_efficiency_command(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---- benchmarks that train (fusion, coupling, missing) ------------------------------------------
+
+def add_training_arguments(p: argparse.ArgumentParser) -> None:
+    """Data, base experiment config and training budget: shared by fusion/coupling/missing."""
+    from coupled_mamba.train.config import FORMATS
+
+    d = p.add_argument_group("data and base config")
+    d.add_argument("--data", required=True, help="dataset path (file or folder), or "
+                   "'synthetic' for the embedded timing benchmark (generated)")
+    d.add_argument("--format", choices=FORMATS, help="data format (default: the config's)")
+    d.add_argument("--config", help="YAML experiment config (sections data/model/train); "
+                   "default: the trainer's defaults, or the demo's config for --data synthetic")
+    d.add_argument("--set", dest="overrides", action="append", default=[],
+                   metavar="SECTION.KEY=VALUE", help="override a config value (repeatable)")
+    d.add_argument("--seq-len", type=int, help="common sequence length L (data.seq_len)")
+    d.add_argument("--synthetic-sizes", type=int_list, default=[1200, 300, 600],
+                   metavar="TRAIN,VALID,TEST", help="--data synthetic: split sizes "
+                   "(default %(default)s)")
+    t = p.add_argument_group("training budget")
+    t.add_argument("--seeds", type=int, default=3, help="seeds per setting; mean ± std over "
+                   "them (default %(default)s)")
+    t.add_argument("--seed", type=int, help="first seed (default: the config's)")
+    t.add_argument("--epochs", type=int, help="maximum epochs (default: the config's)")
+    t.add_argument("--batch-size", type=int, help="(default: the config's)")
+    t.add_argument("--lr", type=float, help="(default: the config's)")
+    t.add_argument("--device", help="auto | cpu | cuda (default: the config's)")
+    t.add_argument("--threads", type=int, default=1, help="torch CPU threads (default "
+                   "%(default)s; run two benchmarks side by side to use two cores)")
+    t.add_argument("--metrics", type=str_list, metavar="NAME,...",
+                   help="metrics shown in the tables (default: by metric family)")
+    t.add_argument("--plot-metric", help="metric plotted (default: the family's primary)")
+    t.add_argument("--fresh", action="store_true",
+                   help="ignore finished runs in OUT/runs.jsonl (default: reuse them)")
+    t.add_argument("--progress", action="store_true", help="show the trainer's progress bars")
+    p.add_argument("--out", required=True, help="output folder")
+
+
+def _base_config(args: argparse.Namespace):
+    """The base ExperimentConfig: file (or the demo's for synthetic data) < flags < --set."""
+    import tempfile
+
+    import yaml
+
+    from coupled_mamba.train.config import load_config
+    from coupled_mamba.train.demo import DEMO_CONFIG
+
+    from .ablations import SYNTHETIC
+
+    flags = {"data.format": args.format, "data.seq_len": args.seq_len,
+             "train.n_seeds": args.seeds, "train.seed": args.seed, "train.epochs": args.epochs,
+             "train.batch_size": args.batch_size, "train.lr": args.lr,
+             "train.device": args.device, "train.progress": bool(args.progress),
+             "train.tensorboard": False}
+    if args.config is None and args.data == SYNTHETIC:
+        with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
+            yaml.safe_dump(DEMO_CONFIG, f)
+        try:
+            cfg = load_config(f.name, args.overrides, flags)
+        finally:
+            os.unlink(f.name)
+        cfg.data.format = "auto"  # the demo reads an npz copy; here the data is in memory
+        return cfg
+    return load_config(args.config, args.overrides, flags)
+
+
+def _command_line() -> str:
+    import shlex
+    import sys
+
+    prog = os.path.basename(sys.argv[0]) if sys.argv else ""
+    if prog in ("coupled-mamba", "cli.py", "__main__.py"):
+        return "coupled-mamba " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    return "(called from Python)"
+
+
+def _run_training_bench(args: argparse.Namespace, name: str, make_settings, description: str,
+                        reference: str | None = None) -> int:
+    import dataclasses
+
+    import torch
+
+    from .ablations import load_benchmark_data, run_settings, write_ablation
+    from .environment import environment_info
+
+    torch.set_num_threads(args.threads)
+    base = _base_config(args)
+    data = load_benchmark_data(args.data, base, args.synthetic_sizes, synthetic_seed=0)
+    data_id = (f"synthetic:{args.synthetic_sizes}:L{base.data.seq_len or 32}"
+               if args.data == "synthetic" else os.path.abspath(args.data))
+    settings = make_settings(base, data)
+    print(f"{name}: {len(settings)} settings x {base.train.n_seeds} seeds on {data.name} "
+          f"({data_id})", flush=True)
+    rows = run_settings(settings, base, data, data_id, args.out, resume=not args.fresh)
+    header = {
+        "benchmark": name, "command": _command_line(), "description": description,
+        "title": f"{name} ablation on {data.name}, {base.train.n_seeds} seeds",
+        "environment": environment_info(str(base.train.device), args.threads),
+        "data": data_id, "base_config": base.to_dict(),
+        "settings": [dataclasses.asdict(s) for s in settings],
+    }
+    paths = write_ablation(rows, args.out, name, header, metrics=args.metrics,
+                           reference=reference, plot_metric=args.plot_metric)
+    print()
+    print(open(paths[2]).read())
+    print("wrote " + ", ".join(os.path.basename(p) for p in paths) + f" to {args.out}")
+    return 0
+
+
+def add_fusion_arguments(p: argparse.ArgumentParser) -> None:
+    from .ablations import FUSION_MODELS
+
+    add_training_arguments(p)
+    p.add_argument("--models", type=str_list, default=list(FUSION_MODELS), metavar="NAME,...",
+                   help="registered models to compare (default %(default)s)")
+
+
+def run_fusion_command(args: argparse.Namespace) -> int:
+    from .ablations import fusion_settings
+
+    return _run_training_bench(
+        args, "fusion", lambda base, data: fusion_settings(args.models),
+        "Fusion ablation (paper Table 11): the same inputs, projections, encoder width and "
+        "head; avg/concat fuse uncoupled Mamba outputs by mean/concatenation, mamba_fusion by "
+        "learned softmax weights, coupled_mamba couples the state chains. p: two-sided Welch "
+        "t-test over seeds against coupled_mamba.", reference="coupled_mamba")
+
+
+def add_coupling_arguments(p: argparse.ArgumentParser) -> None:
+    from .ablations import COUPLING_GROUPS, DEFAULT_GRIDS
+
+    add_training_arguments(p)
+    g = DEFAULT_GRIDS
+    p.add_argument("--groups", type=str_list, default=list(COUPLING_GROUPS), metavar="G,...",
+                   help="ablations to run (default %(default)s)")
+    p.add_argument("--alphas", type=float_list, default=g["alpha"], help="(default %(default)s)")
+    p.add_argument("--couplings", type=str_list, default=g["coupling"],
+                   help="(default %(default)s)")
+    p.add_argument("--neighbourhoods", type=str_list, default=g["neighbourhood"],
+                   help="all | pairs | none | A-B (modality names) (default %(default)s)")
+    p.add_argument("--layers", type=int_list, default=g["n_layers"], help="(default "
+                   "%(default)s)")
+    p.add_argument("--d-states", type=int_list, default=g["d_state"], help="(default "
+                   "%(default)s)")
+    p.add_argument("--dt-divisors", type=int_list, default=g["dt_rank"],
+                   help="dt_rank = d_state / divisor (default %(default)s)")
+
+
+def run_coupling_command(args: argparse.Namespace) -> int:
+    from .ablations import coupling_settings
+
+    grids = {"alpha": args.alphas, "coupling": args.couplings,
+             "neighbourhood": args.neighbourhoods, "n_layers": args.layers,
+             "d_state": args.d_states, "dt_rank": args.dt_divisors}
+
+    def make(base, data):
+        from coupled_mamba.models import CoupledMambaConfig
+
+        d_state = int(base.model.params.get("d_state") or CoupledMambaConfig.d_state)
+        return coupling_settings(args.groups, grids, data.modality_names, d_state)
+
+    return _run_training_bench(
+        args, "coupling", make,
+        "Coupling ablations of coupled_mamba; every other field is the base config's. "
+        "alpha: W = (1-alpha) I + alpha 11^T/M (0 = uncoupled, 1 = 'mean'); coupling: the form "
+        "of W; neighbourhood: coupling_mask (which chains read each other's state); d_state "
+        "rows use dt_rank = d_state/8.")
+
+
+def add_missing_arguments(p: argparse.ArgumentParser) -> None:
+    from .ablations import MISSING_MODELS, MISSING_RATES, PROTOCOLS
+
+    add_training_arguments(p)
+    p.add_argument("--models", type=str_list, default=list(MISSING_MODELS), metavar="NAME,...",
+                   help="(default %(default)s)")
+    p.add_argument("--rates", type=float_list, default=list(MISSING_RATES),
+                   help="missing rates r (default %(default)s)")
+    p.add_argument("--protocol", choices=PROTOCOLS, default="same",
+                   help="same: train, select and test at rate r (one model per rate); "
+                   "complete-train: train on complete data, test at each r (default "
+                   "%(default)s)")
+
+
+def run_missing_command(args: argparse.Namespace) -> int:
+    from .ablations import missing_settings
+
+    return _run_training_bench(
+        args, "missing", lambda base, data: missing_settings(args.models, args.rates,
+                                                             args.protocol),
+        f"Missing modalities, protocol '{args.protocol}': each (sample, modality) is dropped "
+        "with probability r (a sample keeps at least one modality; "
+        "coupled_mamba.data.apply_missing). "
+        + ("Train, model selection and test all at rate r." if args.protocol == "same" else
+           "Trained and selected on complete data; the test split is dropped at rate r."))
+
+
 # ---- the `bench` command -----------------------------------------------------------------------
 
 BENCHES = {
     "efficiency": ("latency and peak memory against sequence length (paper Figs. 3-4)",
                    add_efficiency_arguments, run_efficiency_command),
+    "fusion": ("fusion ablation: average / concat / uncoupled Mamba / coupled (paper Table 11)",
+               add_fusion_arguments, run_fusion_command),
+    "coupling": ("coupling ablations: alpha, mean/sum/learned, neighbourhood, layers, d_state, "
+                 "dt_rank", add_coupling_arguments, run_coupling_command),
+    "missing": ("metrics against the missing-modality rate for coupled and the baselines",
+                add_missing_arguments, run_missing_command),
 }
 
 

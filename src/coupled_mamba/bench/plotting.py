@@ -101,7 +101,8 @@ def plot_efficiency(rows: list[dict], path: str, title: str = "") -> str:
 
 def plot_groups(groups: dict[str, list[dict]], path: str, metric: str,
                 title: str = "") -> str:
-    """One panel per ablation group: mean +- std of ``metric`` for each setting (error bars).
+    """One panel per ablation group: mean +- std of ``metric`` for each setting (points with
+    error bars, y axis zoomed on the range of the values).
 
     Args:
         groups: group name -> rows with keys "setting" (label), "mean", "std" (std may be None).
@@ -115,17 +116,25 @@ def plot_groups(groups: dict[str, list[dict]], path: str, metric: str,
         xs = range(len(rows))
         means = [r["mean"] if r["mean"] is not None else math.nan for r in rows]
         stds = [r.get("std") or 0.0 for r in rows]
-        ax.bar(xs, means, yerr=stds, capsize=3, color="C0", alpha=0.8)
+        # Points with error bars, not bars: the axis is zoomed on the differences.
+        ax.errorbar(list(xs), means, yerr=stds, fmt="o", capsize=4, color="C0", ms=6)
         ax.set_xticks(list(xs))
+        ax.set_xlim(-0.6, len(rows) - 0.4)
         ax.set_xticklabels([str(r["setting"]) for r in rows], rotation=30, ha="right",
                            fontsize=8)
         ax.set_title(name, fontsize=10)
         ax.set_ylabel(metric)
-        finite = [m - s for m, s in zip(means, stds, strict=True) if math.isfinite(m)]
-        if finite:  # zoom on the differences: bars from 0 would hide them
-            top = max(m + s for m, s in zip(means, stds, strict=True) if math.isfinite(m))
-            pad = 0.1 * max(top - min(finite), 1e-6)
-            ax.set_ylim(min(finite) - pad, top + pad)
+        lows = [m - s for m, s in zip(means, stds, strict=True) if math.isfinite(m)]
+        if lows:
+            highs = [m + s for m, s in zip(means, stds, strict=True) if math.isfinite(m)]
+            lo, hi = min(lows), max(highs)
+            pad = max(0.15 * (hi - lo), 0.01 * max(abs(hi), abs(lo)), 1e-6)
+            ax.set_ylim(lo - pad, hi + pad)
+            for x, m in zip(xs, means, strict=True):
+                if math.isfinite(m):
+                    ax.annotate(f"{m:.3f}", (x, m), ha="left", va="center", fontsize=7,
+                                xytext=(5, 0), textcoords="offset points")
+        ax.ticklabel_format(axis="y", useOffset=False)
         ax.grid(True, axis="y", alpha=0.3)
     if title:
         fig.suptitle(title, fontsize=10)
