@@ -1,0 +1,160 @@
+"""Compiled CPU coupled selective scan (SPEC section 2): C++ forward and reverse-pass backward.
+
+    h[t][m] = exp(dt A)[m] * sum_k W[m, k] h[t-1][k] + dt B u;   y = (C h + D u) * silu(z)
+
+Shapes: M modalities, Bt batch, D channels, N state size, L length.
+
+The C++ sources in ``csrc/`` are compiled on first use with ``torch.utils.cpp_extension.load``
+into the torch extensions cache (``~/.cache/torch_extensions`` or ``$TORCH_EXTENSIONS_DIR``);
+later processes reuse the build. No ``-march=native``: every instruction set is compiled in its
+own unit and the best one the CPU supports is picked at run time, so a shared cache works on any
+x86-64 (and on other architectures with the portable 16-byte-vector unit). Set
+``COUPLED_MAMBA_CPU_ISA=base|avx2|avx512`` to force one. Design, layout and accuracy:
+``docs/cpu_kernel.md``.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+import torch
+
+from ._coupling import resolve_coupling
+
+_SOURCES = ("scan_host.cpp", "scan_isa_base.cpp", "scan_isa_avx2.cpp", "scan_isa_avx512.cpp")
+_HEADERS = ("scan_common.h", "scan_kernel_impl.h")
+# -ffp-contract=fast lets the compiler fuse a*b+c into FMA (the kernels are written for it);
+# no -ffast-math: the exp/log code relies on IEEE rounding and NaN/inf propagation.
+_CFLAGS = ["-O3", "-ffp-contract=fast", "-fno-math-errno"]
+_MODES = {"diag": 0, "rank1": 1, "general": 2}
+
+_lock = threading.Lock()
+_state: dict = {}
+
+
+def _extension_name() -> str:
+    # The torch version is part of the name: a build against another torch's headers must not be
+    # reused from a shared cache (cpp_extension only hashes the sources and flags).
+    ver = "".join(ch if ch.isalnum() else "_" for ch in torch.__version__)
+    return f"coupled_mamba_scan_cpu_{ver}"
+
+
+def _load():
+    """Build (first time) and load the extension; returns torch.ops.coupled_mamba_scan."""
+    with _lock:
+        if "ops" in _state:
+            return _state["ops"]
+        if "error" in _state:
+            raise _state["error"]
+        try:
+            from torch.utils.cpp_extension import load
+
+            csrc = Path(__file__).with_name("csrc")
+            load(
+                name=_extension_name(),
+                sources=[str(csrc / s) for s in _SOURCES],
+                extra_cflags=_CFLAGS,
+                extra_include_paths=[str(csrc)],
+                is_python_module=False,
+                verbose=os.environ.get("COUPLED_MAMBA_VERBOSE_BUILD", "") == "1",
+            )
+            _state["ops"] = torch.ops.coupled_mamba_scan
+        except Exception as exc:  # no compiler, no ninja, unsupported platform...
+            _state["error"] = exc
+            raise
+        return _state["ops"]
+
+
+def is_available() -> tuple[bool, str | None]:
+    """(True, None) if the compiled kernel builds and loads here, else (False, reason).
+
+    The first call compiles (tens of seconds); the result is cached for the process.
+    """
+    try:
+        _load()
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return False, f"the C++ scan kernel could not be built or loaded: {first[:300]}"
+    return True, None
+
+
+def isa(name: str = "") -> str:
+    """The instruction set in use ("avx512", "avx2" or "base"); ``isa("avx2")`` switches it.
+
+    ``isa("auto")`` returns to the best supported one. Meant for tests and benchmarks.
+    """
+    return _load().isa(name)
+
+
+class _CoupledScanFn(torch.autograd.Function):
+    """Autograd wrapper: compiled forward; compiled backward from the chunk-start states."""
+
+    @staticmethod
+    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, initial_state, W, mode, w, softplus):
+        ops = _load()
+        save = any(ctx.needs_input_grad[:10])
+        y, last, saved = ops.fwd(u, delta, A, B, C, D, z, delta_bias, initial_state, W,
+                                 mode, w, softplus, save)
+        if save:
+            ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, initial_state, W, saved)
+        ctx.cfg = (mode, w, softplus)
+        return y, last
+
+    @staticmethod
+    def backward(ctx, dy, dlast):
+        u, delta, A, B, C, D, z, delta_bias, initial_state, W, saved = ctx.saved_tensors
+        mode, w, softplus = ctx.cfg
+        if dy is None:
+            dy = torch.zeros_like(u)
+        grads = _load().bwd(u, delta, A, B, C, D, z, delta_bias, initial_state, W, mode, w,
+                            softplus, saved, dy.contiguous(), dlast)
+        du, ddelta, dA, dB, dC, dD, dz, dbias, dinit, dW = grads
+        present = (u, delta, A, B, C, D, z, delta_bias, initial_state, W)
+        out = [du, ddelta, dA, dB, dC, dD, dz, dbias, dinit, dW]
+        out = [g if (t is not None and need) else None
+               for g, t, need in zip(out, present, ctx.needs_input_grad[:10], strict=True)]
+        return (*out, None, None, None)
+
+
+def coupled_selective_scan_cpu(
+    u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+    coupling="mean", initial_state=None, return_last_state=False,
+):
+    """Coupled selective scan with the compiled CPU kernel (forward and backward).
+
+    Same signature, shapes and semantics as
+    :func:`coupled_mamba.ops.coupled_selective_scan_ref`:
+    u, delta, z (M, Bt, D, L); A (M, D, N); B, C (M, Bt, N, L); D, delta_bias (M, D);
+    initial_state (M, Bt, D, N); coupling "none" | "mean" | "sum" | alpha | (M, M) tensor.
+    Returns y (M, Bt, D, L) in u's dtype [, h[L-1] (M, Bt, D, N) in the compute dtype].
+    fp16/bf16 inputs are computed in float32. Differentiable w.r.t. every tensor input,
+    including initial_state and a tensor coupling.
+    """
+    out_dtype = u.dtype
+    work = torch.float64 if u.dtype == torch.float64 else torch.float32
+
+    def cast(x):
+        return None if x is None else x.to(work)
+
+    u, delta, A, B, C, D, z, delta_bias, initial_state = map(
+        cast, (u, delta, A, B, C, D, z, delta_bias, initial_state)
+    )
+    M = u.shape[0]
+    cp = resolve_coupling(coupling, M)
+    W = None
+    if cp.kind == "general":
+        W = cp.matrix.to(device=u.device, dtype=work)
+        # An (M, M) tensor that happens to be diagonal or 11^T / M could take the cheaper
+        # kernels, but its gradient must still reach every entry: keep the general form.
+    mode = _MODES[cp.kind]
+    y, last = _CoupledScanFn.apply(
+        u, delta, A, B, C, D, z, delta_bias, initial_state, W, mode, float(cp.weight),
+        bool(delta_softplus),
+    )
+    y = y.to(out_dtype)
+    return (y, last) if return_last_state else y
+
+
+__all__ = ["coupled_selective_scan_cpu", "is_available", "isa"]

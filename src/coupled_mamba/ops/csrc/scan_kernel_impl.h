@@ -1,0 +1,1025 @@
+// Coupled selective scan kernels, forward and reverse-pass backward (SPEC section 2).
+//
+//   dt      = softplus(delta + bias)                      (each optional)
+//   Abar    = exp(dt A),  bbar = dt B u                   per (m, b, d, n, t)
+//   h[t][m] = Abar[t][m] * sum_k W[m, k] h[t-1][k] + bbar[t][m]
+//   y[t][m] = sum_n C[m, n, t] h[t][m, n] + D[m] u[t][m];   y *= silu(z)
+//
+// Shapes: M modalities, Bt batch, D channels, N state (Np padded to the vector width), L length,
+// T chunk length. Included by scan_isa_*.cpp with SCAN_NS (namespace), SCAN_VBYTES (vector bytes)
+// and SCAN_ISA_NAME defined, inside a target pragma. Design (docs/cpu_kernel.md), in short:
+//
+// - Vectors run over the state index n (GCC vector extensions, VBYTES wide); time is sequential.
+// - Work unit: one (b, d) with all M modalities (coupling mixes modalities at equal (b, d, n)).
+//   A task owns batch rows x a channel range; inside it the loop order is b -> chunk -> d, so the
+//   chunk of B, C (and of dB, dC in the backward) stays in cache while all channels pass over it.
+// - Couplings: rank one ("mean", "sum") carries only S[t] = sum_m h[t][m] (the single recurrence
+//   of SPEC section 2: every h[t][m] = Abar (w/M) S[t-1] + bbar is pointwise); "none" is the same
+//   code with one modality at a time; a general W carries the M states and does the M x M mix.
+// - The forward writes the state at each chunk start ("saved", 1/T of the states) when a backward
+//   will follow. The backward walks chunks in reverse: recompute the chunk's states from the saved
+//   one into a small buffer (T x M x Np, with Abar), then run the reverse recurrence over it.
+// - The host passes A2 = A log2(e), so Abar = 2^(dt A2): our own vectorised exp2 (rounding to
+//   an integer, a degree-6 polynomial, then the power of two; about 2 ulp in float).
+// - Sums over n (y = C.h and two sums of the backward) are kept as vectors per step and reduced
+//   for a whole chunk at once (a transpose-and-add), not one horizontal sum per step.
+
+#ifndef SCAN_NS
+#error "define SCAN_NS, SCAN_VBYTES and SCAN_ISA_NAME before including scan_kernel_impl.h"
+#endif
+
+namespace SCAN_NS {
+
+using coupled_scan::KernelTable;
+using coupled_scan::ScanArgs;
+using coupled_scan::TaskRange;
+
+template <typename T> struct VT;
+template <> struct VT<float> {
+  typedef float V __attribute__((vector_size(SCAN_VBYTES)));
+  typedef uint32_t U __attribute__((vector_size(SCAN_VBYTES)));
+  static constexpr int W = SCAN_VBYTES / 4;
+};
+template <> struct VT<double> {
+  typedef double V __attribute__((vector_size(SCAN_VBYTES)));
+  typedef uint64_t U __attribute__((vector_size(SCAN_VBYTES)));
+  static constexpr int W = SCAN_VBYTES / 8;
+};
+typedef VT<float>::V VF;
+typedef VT<double>::V VD;
+
+constexpr int kMaxLanes = 16;  // widest vector: 16 floats
+
+// Own helpers rather than std::min / std::max: a std template instantiated under this file's
+// target pragma could be merged by the linker with the host's copy (see scan_common.h).
+static inline int64_t imin(int64_t a, int64_t b) { return a < b ? a : b; }
+static inline int64_t imax(int64_t a, int64_t b) { return a > b ? a : b; }
+
+template <typename V, typename S> static inline V bc(S s) {
+  V v = {};
+  return v + (__typeof__(v[0]))s;
+}
+template <typename V, typename S> static inline V ld(const S* p) {
+  V v;
+  __builtin_memcpy(&v, p, sizeof(V));
+  return v;
+}
+template <typename V, typename S> static inline void st(S* p, V v) {
+  __builtin_memcpy(p, &v, sizeof(V));
+}
+template <typename V, typename S> static inline void add_to(S* p, V v) { st(p, ld<V>(p) + v); }
+// Broadcast of *p straight from memory (a load-port broadcast, no shuffle).
+template <typename V, typename S> static inline V bcl(const S* p) {
+#if SCAN_VBYTES == 64
+  if (sizeof(S) == 4) return (V)_mm512_set1_ps(*(const float*)p);
+  return (V)_mm512_set1_pd(*(const double*)p);
+#else
+  return bc<V>(*p);
+#endif
+}
+
+// ---------------------------------------------------------------------------------------------
+// Sums over the lanes.
+static inline float hsum(VF v) {
+#if SCAN_VBYTES == 64
+  return _mm512_reduce_add_ps((__m512)v);
+#elif SCAN_VBYTES == 32
+  __m256 x = (__m256)v;
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(x), _mm256_extractf128_ps(x, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+  return _mm_cvtss_f32(s);
+#else
+  float s = 0.f;
+  for (int i = 0; i < VT<float>::W; ++i) s += v[i];
+  return s;
+#endif
+}
+static inline double hsum(VD v) {
+#if SCAN_VBYTES == 64
+  return _mm512_reduce_add_pd((__m512d)v);
+#elif SCAN_VBYTES == 32
+  __m256d x = (__m256d)v;
+  __m128d s = _mm_add_pd(_mm256_castpd256_pd128(x), _mm256_extractf128_pd(x, 1));
+  s = _mm_add_sd(s, _mm_unpackhi_pd(s, s));
+  return _mm_cvtsd_f64(s);
+#else
+  double s = 0.0;
+  for (int i = 0; i < VT<double>::W; ++i) s += v[i];
+  return s;
+#endif
+}
+
+// out[r] = sum of the lanes of row r, for rows r < R (R a multiple of 16). acc: R x W.
+template <typename T> static inline void reduce_rows(const T* acc, int64_t R, T* out) {
+  typedef typename VT<T>::V V;
+  const int W = VT<T>::W;
+  for (int64_t r = 0; r < R; ++r) out[r] = hsum(ld<V>(acc + r * W));
+}
+#if SCAN_VBYTES == 64
+// 16 rows of 16 floats -> 16 sums in 46 shuffles/adds (a transpose folded into the additions)
+// instead of 16 horizontal sums of ~9 dependent operations each.
+template <> inline void reduce_rows<float>(const float* acc, int64_t R, float* out) {
+  const __m512i perm = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+  for (int64_t r0 = 0; r0 < R; r0 += 16) {
+    const float* a = acc + r0 * 16;
+    __m512 w[8], x[4], y[2];
+    for (int k = 0; k < 8; ++k) {  // rows 2k, 2k+1 -> 8 partial sums each (256-bit halves)
+      __m512 v0 = _mm512_loadu_ps(a + (2 * k) * 16), v1 = _mm512_loadu_ps(a + (2 * k + 1) * 16);
+      w[k] = _mm512_add_ps(_mm512_shuffle_f32x4(v0, v1, 0x44), _mm512_shuffle_f32x4(v0, v1, 0xEE));
+    }
+    for (int k = 0; k < 4; ++k)  // 4 rows x 4 partial sums (128-bit quarters)
+      x[k] = _mm512_add_ps(_mm512_shuffle_f32x4(w[2 * k], w[2 * k + 1], 0x88),
+                           _mm512_shuffle_f32x4(w[2 * k], w[2 * k + 1], 0xDD));
+    for (int k = 0; k < 2; ++k)  // within quarters: 2 partial sums per row
+      y[k] = _mm512_add_ps(_mm512_shuffle_ps(x[2 * k], x[2 * k + 1], 0x44),
+                           _mm512_shuffle_ps(x[2 * k], x[2 * k + 1], 0xEE));
+    __m512 s = _mm512_add_ps(_mm512_shuffle_ps(y[0], y[1], 0x88), _mm512_shuffle_ps(y[0], y[1], 0xDD));
+    // Lane 4q + e now holds row 4e + q.
+    _mm512_storeu_ps(out + r0, _mm512_permutexvar_ps(perm, s));
+  }
+}
+#endif
+
+// ---------------------------------------------------------------------------------------------
+// 2^x. Round x to n, r = x - n in [-1/2, 1/2], 2^r by a polynomial, times 2^n. Inputs below
+// -125 (float) / -1021 (double) give 0 rather than a denormal (true values < 2e-38 / 5e-308;
+// denormals are slow and carry no information here); above the overflow threshold +inf; NaN
+// stays NaN.
+static inline VF poly_exp2(VF r) {
+  // Near-minimax fit of 2^r on [-1/2, 1/2], max relative error 9.5e-8 in float arithmetic.
+  VF p = bc<VF>(1.526723790448159e-4f);
+  p = p * r + 1.3392884284257889e-3f;
+  p = p * r + 9.618725627660751e-3f;
+  p = p * r + 5.550350248813629e-2f;
+  p = p * r + 2.4022646248340607e-1f;
+  p = p * r + 6.931471824645996e-1f;
+  return p * r + 1.0f;
+}
+#if SCAN_VBYTES == 64
+static inline VF poly_exp2_01(VF r) {
+  // Near-minimax fit of 2^r on [0, 1), max relative error 8.8e-8 in float arithmetic.
+  VF p = bc<VF>(2.1612923592329025e-4f);
+  p = p * r + 1.2467843480408192e-3f;
+  p = p * r + 9.675451554358006e-3f;
+  p = p * r + 5.5485282093286514e-2f;
+  p = p * r + 2.402293086051941e-1f;
+  p = p * r + 6.931470632553101e-1f;
+  return p * r + 1.0f;
+}
+#endif
+static inline VD poly_exp2(VD r) {
+  // Taylor series of e^(r ln2) to degree 13: remainder < 5e-18 for |r| <= 1/2.
+  const double c[14] = {1.0, 6.931471805599453094e-01, 2.402265069591007123e-01,
+                        5.550410866482157995e-02, 9.618129107628477161e-03,
+                        1.333355814642844343e-03, 1.540353039338160995e-04,
+                        1.525273380405984029e-05, 1.321548679014430756e-06,
+                        1.017808600923969862e-07, 7.054911620801123473e-09,
+                        4.445538271870811681e-10, 2.567843599348820424e-11,
+                        1.369148885390497793e-12};
+  VD p = bc<VD>(c[13]);
+  for (int k = 12; k >= 0; --k) p = p * r + c[k];
+  return p;
+}
+
+static inline VF vexp2(VF x) {
+#if SCAN_VBYTES == 64
+  // r = x - floor(x) in [0, 1) exactly (vreduceps), 2^r by a polynomial, then scalef multiplies
+  // by 2^floor(x) itself: 10 operations with the argument's multiply. No upper clamp: x >= 128
+  // overflows to +inf in scalef; only x = +inf gives NaN (its reduction is undefined), which
+  // needs A > 0, outside the op's domain (SPEC: A < 0). x < -125 (or -inf) gives 0.
+  const __m512 xv = (__m512)x;
+  const __mmask16 keep = _mm512_cmp_ps_mask(xv, _mm512_set1_ps(-125.0f), _CMP_NLT_UQ);
+  const VF r = (VF)_mm512_reduce_ps(xv, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
+  return (VF)_mm512_maskz_scalef_ps(keep, (__m512)poly_exp2_01(r), xv);
+#else
+  typedef VT<float>::U U;
+  const VF lo = bc<VF>(-126.4f), hi = bc<VF>(129.4f);
+  x = x < lo ? lo : x;
+  x = x > hi ? hi : x;
+  const float magic = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer
+  const VF t = x + magic;
+  const VF p = poly_exp2(x - (t - magic));
+  // 2 p 2^(n-1): the exponent field n + 126 stays in [0, 255] for n in [-126, 129]; 0 gives 0.
+  const U e = ((U)t + (uint32_t)(126u - 0x4B400000u)) << 23;
+  return (p + p) * (VF)e;
+#endif
+}
+
+static inline VD vexp2(VD x) {
+#if SCAN_VBYTES == 64
+  const __m512d xv = (__m512d)x;
+  const __mmask8 keep = _mm512_cmp_pd_mask(xv, _mm512_set1_pd(-1021.0), _CMP_NLT_UQ);
+  const __m512d n = _mm512_roundscale_pd(xv, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const VD p = poly_exp2((VD)_mm512_sub_pd(xv, n));
+  return (VD)_mm512_maskz_scalef_pd(keep, (__m512d)p, n);
+#else
+  typedef VT<double>::U U;
+  const VD lo = bc<VD>(-1022.4), hi = bc<VD>(1025.4);
+  x = x < lo ? lo : x;
+  x = x > hi ? hi : x;
+  const double magic = 6755399441055744.0;  // 1.5 * 2^52
+  const VD t = x + magic;
+  const VD p = poly_exp2(x - (t - magic));
+  const U e = ((U)t + (uint64_t)(1022ull - 0x4338000000000000ull)) << 52;
+  return (p + p) * (VD)e;
+#endif
+}
+
+template <typename V> static inline V vexp(V x) {
+  return vexp2(x * (__typeof__(x[0]))1.4426950408889634074);
+}
+
+// 1 / x for x in [1, 2] (all our uses): AVX-512 refines rcp14 once (error ~1e-8).
+static inline VF vrcp12(VF x) {
+#if SCAN_VBYTES == 64
+  const VF r = (VF)_mm512_rcp14_ps((__m512)x);
+  return r * (2.0f - x * r);
+#else
+  return 1.0f / x;
+#endif
+}
+static inline VD vrcp12(VD x) { return 1.0 / x; }
+
+static inline VF vabs(VF x) { return (VF)((VT<float>::U)x & 0x7FFFFFFFu); }
+static inline VD vabs(VD x) { return (VD)((VT<double>::U)x & 0x7FFFFFFFFFFFFFFFull); }
+
+// sigmoid(x) from e = exp(-|x|) in (0, 1] (no overflow for any x).
+template <typename V> static inline V vsigmoid(V x) {
+  typedef __typeof__(x[0]) E;
+  const V e = vexp(-vabs(x));
+  const V inv = vrcp12(e + E(1));
+  return x >= E(0) ? inv : e * inv;
+}
+
+// log(u) for u in [1, 2^1024) (double): u = 2^k m, m in [sqrt(1/2), sqrt(2)), log m = 2 atanh(s)
+// with s = (m - 1) / (m + 1), |s| <= 0.172, by its odd series.
+static inline VD vlog_ge1(VD u) {
+  typedef VT<double>::U U;
+  const U bits = (U)u;
+  VD k = (VD)((bits >> 52) | 0x4330000000000000ull) - (4503599627370496.0 + 1023.0);
+  VD m = (VD)((bits & 0x000FFFFFFFFFFFFFull) | 0x3FF0000000000000ull);
+  const auto big = m > 1.41421356237309505;
+  m = big ? m * 0.5 : m;
+  k = big ? k + 1.0 : k;
+  const VD s = (m - 1.0) / (m + 1.0);
+  const VD s2 = s * s;
+  VD p = bc<VD>(1.0 / 23);
+  for (int i = 21; i >= 3; i -= 2) p = p * s2 + 1.0 / i;
+  p = p * s2 + 1.0;
+  return k * 6.93147180369123816490e-01 + (k * 1.90821492927058770002e-10 + 2.0 * s * p);
+}
+
+// log1p(y) for y in [0, 1].
+static inline VF vlog1p01(VF y) {
+  // y P(y), P a near-minimax fit of log1p(y) / y on [0, 1]: relative error 1.3e-7 in float.
+  VF p = bc<VF>(-3.569713793694973e-3f);
+  p = p * y + 2.1320099011063576e-2f;
+  p = p * y - 5.9727028012275696e-2f;
+  p = p * y + 1.0886026173830032e-1f;
+  p = p * y - 1.5474490821361542e-1f;
+  p = p * y + 1.973581314086914e-1f;
+  p = p * y - 2.4966230988502502e-1f;
+  p = p * y + 3.3331218361854553e-1f;
+  p = p * y - 4.999995529651642e-1f;
+  p = p * y + 1.0f;
+  return y * p;
+}
+static inline VD vlog1p01(VD y) {
+  // Goldberg: log1p(y) = log(1 + y) y / ((1 + y) - 1), exact-ish for tiny y.
+  const VD u = y + 1.0, um1 = u - 1.0;
+  return um1 == 0.0 ? y : vlog_ge1(u) * (y / um1);
+}
+
+// torch's softplus (beta 1, threshold 20): x > 20 ? x : log1p(exp(x)), computed as
+// max(x, 0) + log1p(exp(-|x|)) (no overflow). grad_factor receives torch's backward factor:
+// 1 above the threshold, else sigmoid(x).
+template <typename V> static inline V vsoftplus(V x, V* grad_factor) {
+  typedef __typeof__(x[0]) E;
+  const V y = vexp(-vabs(x));
+  const V zero = bc<V>(E(0));
+  const V sp = (x > E(0) ? x : zero) + vlog1p01(y);
+  const auto over = x > E(20);
+  if (grad_factor) {
+    const V inv = vrcp12(y + E(1));
+    *grad_factor = over ? bc<V>(E(1)) : (x >= E(0) ? inv : y * inv);
+  }
+  return over ? x : sp;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Typed view of the arguments and index helpers.
+template <typename T> struct Ctx {
+  const ScanArgs& a;
+  int64_t M, Bt, D, N, Np, L, T_, S;  // S: size of the carried state per (b, d)
+  const T *u, *delta, *A2, *Bm, *Cm, *Dskip, *z, *bias, *init, *W, *dout, *dlast;
+  T *y, *last, *saved, *du, *ddelta, *dz, *dinit, *dA, *dD, *dbias, *dW, *dB, *dC;
+  explicit Ctx(const ScanArgs& args) : a(args) {
+    M = a.M; Bt = a.Bt; D = a.D; N = a.N; Np = a.Np; L = a.L; T_ = a.T;
+    S = a.mode == coupled_scan::kRank1 ? Np : M * Np;
+    u = (const T*)a.u; delta = (const T*)a.delta; A2 = (const T*)a.A;
+    Bm = (const T*)a.Bm; Cm = (const T*)a.Cm; Dskip = (const T*)a.Dskip; z = (const T*)a.z;
+    bias = (const T*)a.bias; init = (const T*)a.init; W = (const T*)a.W;
+    dout = (const T*)a.dout; dlast = (const T*)a.dlast;
+    y = (T*)a.y; last = (T*)a.last; saved = (T*)a.saved; du = (T*)a.du;
+    ddelta = (T*)a.ddelta; dz = (T*)a.dz; dinit = (T*)a.dinit; dA = (T*)a.dA;
+    dD = (T*)a.dD; dbias = (T*)a.dbias; dW = (T*)a.dW; dB = (T*)a.dB; dC = (T*)a.dC;
+  }
+  int64_t row(int64_t m, int64_t b, int64_t d) const { return ((m * Bt + b) * D + d) * L; }
+  int64_t st_off(int64_t m, int64_t b, int64_t d) const { return ((m * Bt + b) * D + d) * N; }
+  const T* Arow(int64_t m, int64_t d) const { return A2 + (m * D + d) * Np; }
+  const T* Brow(int64_t m, int64_t b, int64_t t) const { return Bm + ((m * Bt + b) * L + t) * Np; }
+  const T* Crow(int64_t m, int64_t b, int64_t t) const { return Cm + ((m * Bt + b) * L + t) * Np; }
+  T* saved_at(int64_t b, int64_t d, int64_t c) const {
+    return saved + ((b * D + d) * a.nchunks + c) * S;
+  }
+  // dB / dC row (m, b, t): the shared output or the task's private (M, L, Np) slice.
+  int64_t dbc_off(const TaskRange& r, int64_t m, int64_t b, int64_t t) const {
+    return a.bc_private ? ((r.task * M + m) * L + t) * Np : ((m * Bt + b) * L + t) * Np;
+  }
+  T* dArow(const TaskRange& r, int64_t m, int64_t d) const {
+    return dA + ((r.task * M + m) * D + d) * Np;
+  }
+  int64_t md(const TaskRange& r, int64_t m, int64_t d) const { return (r.task * M + m) * D + d; }
+};
+
+// Rows of one (m, b, d) over one chunk. Inputs point into the tensors for a full chunk, or at
+// copies padded to T with zeros for the last, partial one (zeros are harmless everywhere).
+template <typename T> struct Rows {
+  const T *u, *z, *dout;
+  T *dt, *dtu, *spg, *dy;        // dt, dt u, softplus' factor, dout silu(z)
+  T *ys, *s1, *s2;               // per-step sums over n
+  T *acc_y, *acc_1, *acc_2;      // their per-step vectors (T x W), reduced per chunk
+  T *pad_u, *pad_z, *pad_o, *pad_dl;
+};
+// Per-modality row storage, in units of T: 11 rows and 3 T x kMaxLanes accumulators.
+constexpr int64_t kRowsPerM = 11 + 3 * kMaxLanes;
+
+template <typename T> static inline Rows<T> rows_at(T* base, int64_t mi, int64_t Tn) {
+  T* p = base + mi * kRowsPerM * Tn;
+  Rows<T> r;
+  r.pad_u = p; r.pad_z = p + Tn; r.pad_o = p + 2 * Tn; r.pad_dl = p + 3 * Tn;
+  r.dt = p + 4 * Tn; r.dtu = p + 5 * Tn; r.spg = p + 6 * Tn; r.dy = p + 7 * Tn;
+  r.ys = p + 8 * Tn; r.s1 = p + 9 * Tn; r.s2 = p + 10 * Tn;
+  r.acc_y = p + 11 * Tn; r.acc_1 = r.acc_y + kMaxLanes * Tn; r.acc_2 = r.acc_1 + kMaxLanes * Tn;
+  r.u = r.z = r.dout = nullptr;
+  return r;
+}
+
+template <typename T>
+static inline const T* src_or_pad(const T* src, T* pad, int64_t Tc, int64_t Tn) {
+  if (Tc == Tn) return src;
+  for (int64_t j = 0; j < Tc; ++j) pad[j] = src[j];
+  for (int64_t j = Tc; j < Tn; ++j) pad[j] = T(0);
+  return pad;
+}
+
+// Point u, z (dout) of a chunk's rows at the tensors (full chunk) or at the padded copies that
+// prep_rows made (last chunk).
+template <typename T>
+static inline void bind_rows(const Ctx<T>& c, Rows<T>& r, int64_t m, int64_t b, int64_t d,
+                             int64_t t0, int64_t Tc, bool backward) {
+  const bool full = Tc == c.T_;
+  const int64_t off = c.row(m, b, d) + t0;
+  r.u = full ? c.u + off : r.pad_u;
+  r.z = c.z ? (full ? c.z + off : r.pad_z) : nullptr;
+  if (backward) r.dout = full ? c.dout + off : r.pad_o;
+}
+
+// Row segments of one (m, b, d) chunk are T elements at a stride of L between channels: too far
+// apart for the hardware prefetcher once L is large. Prefetch those of the next channel while
+// the current one runs (one unit is thousands of cycles, more than a memory latency).
+template <typename T>
+static inline void prefetch_rows(const Ctx<T>& c, int64_t m, int64_t b, int64_t d, int64_t t0,
+                                 int64_t Tc, bool backward) {
+  const int64_t off = c.row(m, b, d) + t0;
+  const int64_t line = 64 / static_cast<int64_t>(sizeof(T));
+  for (int64_t j = 0; j < Tc; j += line) {
+    __builtin_prefetch(c.u + off + j, 0, 3);
+    __builtin_prefetch(c.delta + off + j, 0, 3);
+    if (c.z) __builtin_prefetch(c.z + off + j, 0, 3);
+    if (backward) {
+      __builtin_prefetch(c.dout + off + j, 0, 3);
+      __builtin_prefetch(c.du + off + j, 1, 3);
+      __builtin_prefetch(c.ddelta + off + j, 1, 3);
+      if (c.z) __builtin_prefetch(c.dz + off + j, 1, 3);
+    } else {
+      __builtin_prefetch(c.y + off + j, 1, 3);
+    }
+  }
+}
+
+// Time blocks: the loop order inside a task is block -> channel -> chunk, so that each channel
+// reads its rows of u, delta, z (T x chunks_per_block contiguous elements) sequentially, while
+// the block's slice of B, C (and dB, dC) -- MG x block x Np each -- stays in L2 (~512 KiB)
+// across all channels of the task.
+template <typename T> static inline int64_t chunks_per_block(const Ctx<T>& c, int64_t MG) {
+  const int64_t per_chunk = MG * c.T_ * c.Np * 4 * static_cast<int64_t>(sizeof(T));
+  const int64_t cb = (int64_t(512) << 10) / per_chunk;
+  return cb < 1 ? 1 : cb;
+}
+
+// Prefetch the rows of the unit that comes after (d, ch) in block [cb0, cb1) (chunks ascending
+// in the forward, descending in the backward).
+template <typename T>
+static inline void prefetch_next(const Ctx<T>& c, const TaskRange& r, int64_t m, int64_t b,
+                                 int64_t d, int64_t ch, int64_t cb0, int64_t cb1, bool backward) {
+  int64_t dn = d, cn = backward ? ch - 1 : ch + 1;
+  if (cn < cb0 || cn >= cb1) {
+    dn = d + 1;
+    cn = backward ? cb1 - 1 : cb0;
+  }
+  if (dn >= r.d1) return;
+  const int64_t t0 = cn * c.T_, Tc = (c.L - t0 < c.T_) ? c.L - t0 : c.T_;
+  prefetch_rows(c, m, b, dn, t0, Tc, backward);
+}
+
+// Load u, z (dout) and compute dt, dt u (softplus' factor, dy = dout silu(z)) for a chunk.
+template <typename T>
+static void prep_rows(const Ctx<T>& c, Rows<T>& r, int64_t m, int64_t b, int64_t d, int64_t t0,
+                      int64_t Tc, bool backward) {
+  typedef typename VT<T>::V V;
+  const int W = VT<T>::W;
+  const int64_t Tn = c.T_;
+  const int64_t off = c.row(m, b, d) + t0;
+  r.u = src_or_pad(c.u + off, r.pad_u, Tc, Tn);
+  const T* dl = src_or_pad(c.delta + off, r.dt, Tc, Tn);  // computed in place when padded
+  r.z = c.z ? src_or_pad(c.z + off, r.pad_z, Tc, Tn) : nullptr;
+  if (backward) r.dout = src_or_pad(c.dout + off, r.pad_o, Tc, Tn);
+  const T bias = c.bias ? c.bias[m * c.D + d] : T(0);
+  for (int64_t j = 0; j < Tn; j += W) {
+    const V x = ld<V>(dl + j) + bias;
+    V g = bc<V>(T(1));
+    const V dt = c.a.softplus ? vsoftplus(x, backward ? &g : nullptr) : x;
+    st(r.dt + j, dt);
+    st(r.dtu + j, dt * ld<V>(r.u + j));
+    if (backward) {
+      st(r.spg + j, g);
+      V dy = ld<V>(r.dout + j);
+      if (c.z) {
+        const V zv = ld<V>(r.z + j);
+        dy = dy * (zv * vsigmoid(zv));
+      }
+      st(r.dy + j, dy);
+    }
+  }
+}
+
+// y = (sum_n C h + D u) silu(z) for one (m, b, d) chunk, from the per-step vectors in acc_y.
+template <typename T>
+static void finish_rows_fwd(const Ctx<T>& c, Rows<T>& r, int64_t m, int64_t b, int64_t d,
+                            int64_t t0, int64_t Tc) {
+  typedef typename VT<T>::V V;
+  const int W = VT<T>::W;
+  const int64_t Tn = c.T_;
+  reduce_rows(r.acc_y, Tn, r.ys);
+  const T Dm = c.Dskip ? c.Dskip[m * c.D + d] : T(0);
+  T* out = c.y + c.row(m, b, d) + t0;
+  T* dst = Tc == Tn ? out : r.ys;
+  for (int64_t j = 0; j < Tn; j += W) {
+    V yv = ld<V>(r.ys + j) + Dm * ld<V>(r.u + j);
+    if (c.z) {
+      const V zv = ld<V>(r.z + j);
+      yv = yv * (zv * vsigmoid(zv));
+    }
+    st(dst + j, yv);
+  }
+  if (Tc != Tn)
+    for (int64_t j = 0; j < Tc; ++j) out[j] = r.ys[j];
+}
+
+// Backward of the pointwise parts for one (m, b, d) chunk, given from the reverse pass (as
+// per-step vectors) s1[t] = sum_n dh B, s2[t] = sum_n dh g Abar A2 (g: the coupled previous state)
+// and ys[t] = sum_n C h. Writes du, ddelta, dz; adds the chunk's parts of dD and dbias.
+template <typename T>
+static void finish_rows_bwd(const Ctx<T>& c, Rows<T>& r, int64_t m, int64_t b, int64_t d,
+                            int64_t t0, int64_t Tc, T* dD_acc, T* dbias_acc) {
+  typedef typename VT<T>::V V;
+  const int W = VT<T>::W;
+  const int64_t Tn = c.T_;
+  reduce_rows(r.acc_1, Tn, r.s1);
+  reduce_rows(r.acc_2, Tn, r.s2);
+  if (c.z) reduce_rows(r.acc_y, Tn, r.ys);
+  for (int64_t j = Tc; j < Tn; ++j) r.s1[j] = r.s2[j] = r.ys[j] = T(0);  // unused tail rows
+  const T Dm = c.Dskip ? c.Dskip[m * c.D + d] : T(0);
+  const T ln2 = T(0.6931471805599453094);  // s2 was summed against A2 = A log2(e)
+  const bool full = Tc == Tn;
+  const int64_t off = c.row(m, b, d) + t0;
+  T* du = full ? c.du + off : r.pad_u;
+  T* dd = full ? c.ddelta + off : r.dt;
+  T* dz = full && c.z ? c.dz + off : r.pad_dl;
+  V accD = bc<V>(T(0)), accb = bc<V>(T(0));
+  for (int64_t j = 0; j < Tn; j += W) {
+    const V dy = ld<V>(r.dy + j), uv = ld<V>(r.u + j), s1 = ld<V>(r.s1 + j);
+    const V s2 = ld<V>(r.s2 + j) * ln2;
+    if (c.z) {
+      const V zv = ld<V>(r.z + j);
+      const V sg = vsigmoid(zv);
+      const V ypre = ld<V>(r.ys + j) + Dm * uv;
+      // d silu(z) / dz = sigmoid(z) (1 + z (1 - sigmoid(z)))
+      st(dz + j, ld<V>(r.dout + j) * ypre * (sg * (T(1) + zv * (T(1) - sg))));
+    }
+    accD += dy * uv;
+    const V dtv = ld<V>(r.dt + j);
+    V ddt = s2 + uv * s1;
+    if (c.a.softplus) ddt = ddt * ld<V>(r.spg + j);
+    accb += ddt;
+    st(du + j, dy * Dm + dtv * s1);
+    st(dd + j, ddt);
+  }
+  if (!full) {
+    for (int64_t j = 0; j < Tc; ++j) {
+      c.du[off + j] = du[j];
+      c.ddelta[off + j] = dd[j];
+    }
+    if (c.z)
+      for (int64_t j = 0; j < Tc; ++j) c.dz[off + j] = dz[j];
+  }
+  *dD_acc += hsum(accD);
+  *dbias_acc += hsum(accb);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Scratch per task (elements): carry (channels x S), rows, then the mode-specific buffers.
+static int64_t round_up(int64_t x, int64_t k) { return (x + k - 1) / k * k; }
+
+static int64_t scratch_layout(const ScanArgs& a, bool backward, int64_t* rows_off,
+                              int64_t* buf_off) {
+  const int64_t S = a.mode == coupled_scan::kRank1 ? a.Np : a.M * a.Np;
+  int64_t off = round_up(a.D * S, 16);
+  *rows_off = off;
+  off += round_up(a.M * kRowsPerM * a.T, 16);
+  *buf_off = off;
+  // forward: G and h staging (2 M Np); backward: states (T + 1) x S, Abar T x M x Np, next
+  // dstate and dlast staging (2 M Np), dW accumulators (M M lanes)
+  const int64_t buf = backward
+                          ? (a.T + 1) * S + a.T * a.M * a.Np + 2 * a.M * a.Np +
+                                a.M * a.M * kMaxLanes
+                          : 2 * a.M * a.Np;
+  return off + round_up(buf, 16);
+}
+
+static int64_t scratch_elems(const ScanArgs& a, bool backward) {
+  int64_t r, b;
+  return scratch_layout(a, backward, &r, &b);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Forward, rank one, MG modalities [m0, m0 + MG) (MG = 1: "none", one modality at a time).
+// Carries S = sum_m h[m]; h[t][m] = Abar[t][m] G + bbar[t][m] with G = (w / MG) S[t-1].
+// The modality loop is innermost, so S and the y accumulators stay in registers.
+template <typename T, int MG>
+static void fwd_rank1(const Ctx<T>& c, const TaskRange& r, int64_t b, int64_t m0, T wM,
+                      T* carry, int64_t cstride, int64_t soff, T* rows, T* buf) {
+  typedef typename VT<T>::V V;
+  const int W = VT<T>::W;
+  const int64_t Np = c.Np, N = c.N, Tn = c.T_, L = c.L;
+  for (int64_t d = r.d0; d < r.d1; ++d) {
+    T* Sd = carry + (d - r.d0) * cstride;
+    for (int64_t n = 0; n < Np; ++n) Sd[n] = T(0);
+    if (c.init)
+      for (int mi = 0; mi < MG; ++mi) {
+        const T* h0 = c.init + c.st_off(m0 + mi, b, d);
+        for (int64_t n = 0; n < N; ++n) Sd[n] += h0[n];
+      }
+  }
+  T* Glast = buf;  // G of step L-1, for the last state
+  Rows<T> rw[MG];
+  for (int mi = 0; mi < MG; ++mi) rw[mi] = rows_at(rows, mi, Tn);
+  const int64_t CB = chunks_per_block(c, MG);
+  for (int64_t cb0 = 0; cb0 < c.a.nchunks; cb0 += CB)
+  for (int64_t d = r.d0; d < r.d1; ++d)
+  for (int64_t ch = cb0, cb1 = imin(cb0 + CB, c.a.nchunks); ch < cb1; ++ch) {
+    const int64_t t0 = ch * Tn, Tc = (L - t0 < Tn) ? L - t0 : Tn;
+    {
+      T* Sd = carry + (d - r.d0) * cstride;
+      if (c.saved) {
+        T* sv = c.saved_at(b, d, ch) + soff;
+        for (int64_t n = 0; n < Np; ++n) sv[n] = Sd[n];
+      }
+      const T* Am[MG];
+      for (int mi = 0; mi < MG; ++mi) {
+        prefetch_next(c, r, m0 + mi, b, d, ch, cb0, cb1, false);
+        prep_rows(c, rw[mi], m0 + mi, b, d, t0, Tc, false);
+        Am[mi] = c.Arow(m0 + mi, d);
+      }
+      for (int64_t j = 0; j < Tc; ++j) {
+        const int64_t t = t0 + j;
+        if (t == L - 1)
+          for (int64_t v = 0; v < Np; v += W) st(Glast + v, MG == 1 ? ld<V>(Sd + v) : wM * ld<V>(Sd + v));
+        V dtm[MG], dtum[MG];
+        const T *Bj[MG], *Cj[MG];
+        V acc[MG];
+        for (int mi = 0; mi < MG; ++mi) {
+          dtm[mi] = bcl<V>(rw[mi].dt + j);
+          dtum[mi] = bcl<V>(rw[mi].dtu + j);
+          Bj[mi] = c.Brow(m0 + mi, b, t);
+          Cj[mi] = c.Crow(m0 + mi, b, t);
+          acc[mi] = bc<V>(T(0));
+        }
+        for (int64_t v = 0; v < Np; v += W) {
+          V G = ld<V>(Sd + v);
+          if (MG > 1) G = wM * G;
+          V Sn = bc<V>(T(0));
+          for (int mi = 0; mi < MG; ++mi) {
+            const V a = vexp2(dtm[mi] * ld<V>(Am[mi] + v));
+            const V h = a * G + dtum[mi] * ld<V>(Bj[mi] + v);
+            acc[mi] += ld<V>(Cj[mi] + v) * h;
+            Sn = mi == 0 ? h : Sn + h;
+          }
+          st(Sd + v, Sn);
+        }
+        for (int mi = 0; mi < MG; ++mi) st(rw[mi].acc_y + j * W, acc[mi]);
+      }
+      for (int mi = 0; mi < MG; ++mi) finish_rows_fwd(c, rw[mi], m0 + mi, b, d, t0, Tc);
+      if (t0 + Tc == L) {
+        // Last state per modality: the carry itself for one modality, else recompute
+        // h[L-1][m] = Abar G + bbar from G of the last step (one step of exps per unit).
+        for (int mi = 0; mi < MG; ++mi) {
+          T* out = c.last + c.st_off(m0 + mi, b, d);
+          if (MG == 1) {
+            for (int64_t n = 0; n < N; ++n) out[n] = Sd[n];
+            continue;
+          }
+          const T dtm = rw[mi].dt[Tc - 1], dtum = rw[mi].dtu[Tc - 1];
+          const T* Bj = c.Brow(m0 + mi, b, L - 1);
+          T* hl = buf + Np;
+          for (int64_t v = 0; v < Np; v += W)
+            st(hl + v, vexp2(dtm * ld<V>(Am[mi] + v)) * ld<V>(Glast + v) + dtum * ld<V>(Bj + v));
+          for (int64_t n = 0; n < N; ++n) out[n] = hl[n];
+        }
+      }
+    }
+  }
+}
+
+// Forward, general W: carry the M states, h[t][m] = Abar[t][m] sum_k W[m, k] h[t-1][k] + bbar.
+template <typename T>
+static void fwd_general(const Ctx<T>& c, const TaskRange& r, int64_t b, T* carry, T* rows,
+                        T* buf) {
+  typedef typename VT<T>::V V;
+  const int W = VT<T>::W;
+  const int64_t M = c.M, Np = c.Np, N = c.N, Tn = c.T_, L = c.L, S = c.S;
+  for (int64_t d = r.d0; d < r.d1; ++d) {
+    T* hs = carry + (d - r.d0) * S;
+    for (int64_t i = 0; i < S; ++i) hs[i] = T(0);
+    if (c.init)
+      for (int64_t m = 0; m < M; ++m) {
+        const T* h0 = c.init + c.st_off(m, b, d);
+        for (int64_t n = 0; n < N; ++n) hs[m * Np + n] = h0[n];
+      }
+  }
+  T* hn = buf;
+  const int64_t CB = chunks_per_block(c, M);
+  for (int64_t cb0 = 0; cb0 < c.a.nchunks; cb0 += CB)
+  for (int64_t d = r.d0; d < r.d1; ++d)
+  for (int64_t ch = cb0, cb1 = imin(cb0 + CB, c.a.nchunks); ch < cb1; ++ch) {
+    const int64_t t0 = ch * Tn, Tc = (L - t0 < Tn) ? L - t0 : Tn;
+    {
+      T* hs = carry + (d - r.d0) * S;
+      if (c.saved) {
+        T* sv = c.saved_at(b, d, ch);
+        for (int64_t i = 0; i < S; ++i) sv[i] = hs[i];
+      }
+      for (int64_t m = 0; m < M; ++m) {
+        Rows<T> rw = rows_at(rows, m, Tn);
+        prefetch_next(c, r, m, b, d, ch, cb0, cb1, false);
+        prep_rows(c, rw, m, b, d, t0, Tc, false);
+      }
+      for (int64_t j = 0; j < Tc; ++j) {
+        const int64_t t = t0 + j;
+        for (int64_t m = 0; m < M; ++m) {
+          Rows<T> rw = rows_at(rows, m, Tn);
+          const T dtm = rw.dt[j], dtum = rw.dtu[j];
+          const T *Am = c.Arow(m, d), *Bj = c.Brow(m, b, t), *Cj = c.Crow(m, b, t);
+          const T* Wm = c.W + m * M;
+          V acc = bc<V>(T(0));
+          for (int64_t v = 0; v < Np; v += W) {
+            V g = bc<V>(T(0));
+            for (int64_t k = 0; k < M; ++k) g += Wm[k] * ld<V>(hs + k * Np + v);
+            const V h = vexp2(dtm * ld<V>(Am + v)) * g + dtum * ld<V>(Bj + v);
+            st(hn + m * Np + v, h);
+            acc += ld<V>(Cj + v) * h;
+          }
+          st(rw.acc_y + j * W, acc);
+        }
+        for (int64_t i = 0; i < S; ++i) hs[i] = hn[i];
+      }
+      for (int64_t m = 0; m < M; ++m) {
+        Rows<T> rw = rows_at(rows, m, Tn);
+        bind_rows(c, rw, m, b, d, t0, Tc, false);
+        finish_rows_fwd(c, rw, m, b, d, t0, Tc);
+      }
+      if (t0 + Tc == L)
+        for (int64_t m = 0; m < M; ++m) {
+          T* out = c.last + c.st_off(m, b, d);
+          for (int64_t n = 0; n < N; ++n) out[n] = hs[m * Np + n];
+        }
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Backward, rank one. Reverse recurrence, with dS[t] the gradient w.r.t. S[t] = sum_m h[t][m]
+// from later steps:
+//   dh[t][m] = dS[t] + dy[t][m] C[t][m] (+ dlast[m] at t = L-1)
+//   dS[t-1]  = (w / MG) sum_m dh[t][m] Abar[t][m]
+//   dAbar    = dh G (G = (w / MG) S[t-1]);  dbbar = dh
+// then the chain rule through Abar = 2^(dt A2), bbar = dt B u.
+template <typename T, int MG, bool WITH_DLAST>
+static inline void bwd_rank1_step(const Ctx<T>& c, const TaskRange& r, int64_t b, int64_t d,
+                                  int64_t m0, T wM, int64_t t, int64_t j, Rows<T>* rw,
+                                  const T* const* Am, T* const* dAm, const T* Sp, const T* Ab,
+                                  T* dS, const T* dl) {
+  typedef typename VT<T>::V V;
+  const int W = VT<T>::W;
+  const int64_t Np = c.Np;
+  V dym[MG], dtm[MG], dtum[MG];
+  const T *Bj[MG], *Cj[MG];
+  T *dBj[MG], *dCj[MG];
+  V s1[MG], s2[MG], ya[MG];
+  for (int mi = 0; mi < MG; ++mi) {
+    dym[mi] = bcl<V>(rw[mi].dy + j);
+    dtm[mi] = bcl<V>(rw[mi].dt + j);
+    dtum[mi] = bcl<V>(rw[mi].dtu + j);
+    Bj[mi] = c.Brow(m0 + mi, b, t);
+    Cj[mi] = c.Crow(m0 + mi, b, t);
+    dBj[mi] = c.dB + c.dbc_off(r, m0 + mi, b, t);
+    dCj[mi] = c.dC + c.dbc_off(r, m0 + mi, b, t);
+    s1[mi] = s2[mi] = ya[mi] = bc<V>(T(0));
+  }
+  for (int64_t v = 0; v < Np; v += W) {
+    V G = ld<V>(Sp + v);
+    if (MG > 1) G = wM * G;
+    const V dSv = ld<V>(dS + v);
+    V dGa = bc<V>(T(0));
+    for (int mi = 0; mi < MG; ++mi) {
+      const V a = ld<V>(Ab + mi * Np + v);
+      const V Bv = ld<V>(Bj[mi] + v), Cv = ld<V>(Cj[mi] + v);
+      V dh = dSv + dym[mi] * Cv;
+      if (WITH_DLAST) dh += ld<V>(dl + mi * Np + v);
+      const V h = a * G + dtum[mi] * Bv;
+      add_to(dCj[mi] + v, dym[mi] * h);
+      ya[mi] += Cv * h;
+      add_to(dBj[mi] + v, dh * dtum[mi]);
+      s1[mi] += dh * Bv;
+      const V dha = dh * a;
+      const V da = dha * G;  // d loss / d(dt A) = dAbar Abar
+      add_to(dAm[mi] + v, da * dtm[mi]);
+      s2[mi] += da * ld<V>(Am[mi] + v);
+      dGa += dha;
+    }
+    st(dS + v, MG > 1 ? wM * dGa : dGa);
+  }
+  for (int mi = 0; mi < MG; ++mi) {
+    st(rw[mi].acc_1 + j * W, s1[mi]);
+    st(rw[mi].acc_2 + j * W, s2[mi]);
+    st(rw[mi].acc_y + j * W, ya[mi]);
+  }
+}
+
+template <typename T, int MG>
+static void bwd_rank1(const Ctx<T>& c, const TaskRange& r, int64_t b, int64_t m0, T wM,
+                      T* carry, int64_t cstride, int64_t soff, T* rows, T* buf) {
+  typedef typename VT<T>::V V;
+  const int W = VT<T>::W;
+  const int64_t Np = c.Np, N = c.N, Tn = c.T_, L = c.L;
+  T* Sbuf = buf;                        // (T + 1) x Np: S[t0 - 1 .. t0 + Tc - 1]
+  T* Abuf = Sbuf + (Tn + 1) * Np;       // T x MG x Np
+  T* dl = Abuf + Tn * MG * Np;          // MG x Np: dlast, padded
+  Rows<T> rw[MG];
+  for (int mi = 0; mi < MG; ++mi) rw[mi] = rows_at(rows, mi, Tn);
+  for (int64_t d = r.d0; d < r.d1; ++d) {
+    T* dS = carry + (d - r.d0) * cstride;
+    for (int64_t n = 0; n < Np; ++n) dS[n] = T(0);
+  }
+  const int64_t CB = chunks_per_block(c, MG);
+  for (int64_t cb1 = c.a.nchunks; cb1 > 0; cb1 -= CB)
+  for (int64_t d = r.d0; d < r.d1; ++d)
+  for (int64_t cb0 = imax(cb1 - CB, int64_t(0)), ch = cb1 - 1; ch >= cb0; --ch) {
+    const int64_t t0 = ch * Tn, Tc = (L - t0 < Tn) ? L - t0 : Tn;
+    {
+      T* dS = carry + (d - r.d0) * cstride;
+      const T* Am[MG];
+      T* dAm[MG];
+      for (int mi = 0; mi < MG; ++mi) {
+        prefetch_next(c, r, m0 + mi, b, d, ch, cb0, cb1, true);
+        prep_rows(c, rw[mi], m0 + mi, b, d, t0, Tc, true);
+        Am[mi] = c.Arow(m0 + mi, d);
+        dAm[mi] = c.dArow(r, m0 + mi, d);
+      }
+      // Recompute S over the chunk (and keep Abar) from the state saved at its start.
+      const T* sv = c.saved_at(b, d, ch) + soff;
+      for (int64_t n = 0; n < Np; ++n) Sbuf[n] = sv[n];
+      for (int64_t j = 0; j < Tc; ++j) {
+        const int64_t t = t0 + j;
+        const T* Sp = Sbuf + j * Np;
+        T* Sn = Sbuf + (j + 1) * Np;
+        T* Ab = Abuf + j * MG * Np;
+        V dtm[MG], dtum[MG];
+        const T* Bj[MG];
+        for (int mi = 0; mi < MG; ++mi) {
+          dtm[mi] = bcl<V>(rw[mi].dt + j);
+          dtum[mi] = bcl<V>(rw[mi].dtu + j);
+          Bj[mi] = c.Brow(m0 + mi, b, t);
+        }
+        for (int64_t v = 0; v < Np; v += W) {
+          V G = ld<V>(Sp + v);
+          if (MG > 1) G = wM * G;
+          V s = bc<V>(T(0));
+          for (int mi = 0; mi < MG; ++mi) {
+            const V a = vexp2(dtm[mi] * ld<V>(Am[mi] + v));
+            st(Ab + mi * Np + v, a);
+            const V h = a * G + dtum[mi] * ld<V>(Bj[mi] + v);
+            s = mi == 0 ? h : s + h;
+          }
+          st(Sn + v, s);
+        }
+      }
+      // Reverse over the chunk.
+      for (int64_t j = Tc - 1; j >= 0; --j) {
+        const int64_t t = t0 + j;
+        const T* Sp = Sbuf + j * Np;
+        const T* Ab = Abuf + j * MG * Np;
+        if (t == L - 1 && c.dlast) {
+          for (int mi = 0; mi < MG; ++mi) {
+            const T* src = c.dlast + c.st_off(m0 + mi, b, d);
+            for (int64_t n = 0; n < Np; ++n) dl[mi * Np + n] = n < N ? src[n] : T(0);
+          }
+          bwd_rank1_step<T, MG, true>(c, r, b, d, m0, wM, t, j, rw, Am, dAm, Sp, Ab, dS, dl);
+        } else {
+          bwd_rank1_step<T, MG, false>(c, r, b, d, m0, wM, t, j, rw, Am, dAm, Sp, Ab, dS, dl);
+        }
+      }
+      for (int mi = 0; mi < MG; ++mi) {
+        const int64_t m = m0 + mi;
+        finish_rows_bwd(c, rw[mi], m, b, d, t0, Tc, c.dD + c.md(r, m, d), c.dbias + c.md(r, m, d));
+      }
+    }
+  }
+  // S[-1] = sum_m h0[m], so every h0[m] receives dS[-1].
+  if (c.dinit)
+    for (int64_t d = r.d0; d < r.d1; ++d) {
+      const T* dS = carry + (d - r.d0) * cstride;
+      for (int mi = 0; mi < MG; ++mi) {
+        T* out = c.dinit + c.st_off(m0 + mi, b, d);
+        for (int64_t n = 0; n < N; ++n) out[n] = dS[n];
+      }
+    }
+}
+
+// Backward, general W: carry dh[m] (gradient w.r.t. h[t][m] from later steps):
+//   dh[t][m]   += dy[t][m] C[t][m];   dg[m] = dh[t][m] Abar[t][m]
+//   dh[t-1][k]  = sum_m W[m, k] dg[m];  dW[m, k] += sum dg[m] h[t-1][k]
+template <typename T>
+static void bwd_general(const Ctx<T>& c, const TaskRange& r, int64_t b, T* carry, T* rows,
+                        T* buf) {
+  typedef typename VT<T>::V V;
+  const int W = VT<T>::W;
+  const int64_t M = c.M, Np = c.Np, N = c.N, Tn = c.T_, L = c.L, S = c.S;
+  T* hbuf = buf;                        // (T + 1) x M x Np: h[t0 - 1 .. t0 + Tc - 1]
+  T* Abuf = hbuf + (Tn + 1) * S;        // T x M x Np
+  T* dn = Abuf + Tn * S;                // M x Np
+  T* dWacc = dn + 2 * S;                // M x M x W
+  for (int64_t d = r.d0; d < r.d1; ++d) {
+    T* dh = carry + (d - r.d0) * S;
+    for (int64_t i = 0; i < S; ++i) dh[i] = T(0);
+    if (c.dlast)
+      for (int64_t m = 0; m < M; ++m) {
+        const T* src = c.dlast + c.st_off(m, b, d);
+        for (int64_t n = 0; n < N; ++n) dh[m * Np + n] = src[n];
+      }
+  }
+  for (int64_t i = 0; i < M * M * W; ++i) dWacc[i] = T(0);
+  const int64_t CB = chunks_per_block(c, M);
+  for (int64_t cb1 = c.a.nchunks; cb1 > 0; cb1 -= CB)
+  for (int64_t d = r.d0; d < r.d1; ++d)
+  for (int64_t cb0 = imax(cb1 - CB, int64_t(0)), ch = cb1 - 1; ch >= cb0; --ch) {
+    const int64_t t0 = ch * Tn, Tc = (L - t0 < Tn) ? L - t0 : Tn;
+    {
+      T* dhc = carry + (d - r.d0) * S;
+      for (int64_t m = 0; m < M; ++m) {
+        Rows<T> rw = rows_at(rows, m, Tn);
+        prefetch_next(c, r, m, b, d, ch, cb0, cb1, true);
+        prep_rows(c, rw, m, b, d, t0, Tc, true);
+      }
+      const T* sv = c.saved_at(b, d, ch);
+      for (int64_t i = 0; i < S; ++i) hbuf[i] = sv[i];
+      for (int64_t j = 0; j < Tc; ++j) {
+        const int64_t t = t0 + j;
+        const T* hp = hbuf + j * S;
+        T* hn = hbuf + (j + 1) * S;
+        for (int64_t m = 0; m < M; ++m) {
+          Rows<T> rw = rows_at(rows, m, Tn);
+          const T dtm = rw.dt[j], dtum = rw.dtu[j];
+          const T *Am = c.Arow(m, d), *Bj = c.Brow(m, b, t), *Wm = c.W + m * M;
+          T* Ab = Abuf + (j * M + m) * Np;
+          for (int64_t v = 0; v < Np; v += W) {
+            V g = bc<V>(T(0));
+            for (int64_t k = 0; k < M; ++k) g += Wm[k] * ld<V>(hp + k * Np + v);
+            const V a = vexp2(dtm * ld<V>(Am + v));
+            st(Ab + v, a);
+            st(hn + m * Np + v, a * g + dtum * ld<V>(Bj + v));
+          }
+        }
+      }
+      for (int64_t j = Tc - 1; j >= 0; --j) {
+        const int64_t t = t0 + j;
+        const T* hp = hbuf + j * S;
+        const T* hc = hbuf + (j + 1) * S;
+        for (int64_t i = 0; i < S; ++i) dn[i] = T(0);
+        for (int64_t m = 0; m < M; ++m) {
+          Rows<T> rw = rows_at(rows, m, Tn);
+          const T dym = rw.dy[j], dtm = rw.dt[j], dtum = rw.dtu[j];
+          const T *Am = c.Arow(m, d), *Bj = c.Brow(m, b, t), *Cj = c.Crow(m, b, t);
+          const T* Wm = c.W + m * M;
+          const T* Ab = Abuf + (j * M + m) * Np;
+          T* dAm = c.dArow(r, m, d);
+          T* dBj = c.dB + c.dbc_off(r, m, b, t);
+          T* dCj = c.dC + c.dbc_off(r, m, b, t);
+          V s1 = bc<V>(T(0)), s2 = bc<V>(T(0)), ya = bc<V>(T(0));
+          for (int64_t v = 0; v < Np; v += W) {
+            V g = bc<V>(T(0));
+            for (int64_t k = 0; k < M; ++k) g += Wm[k] * ld<V>(hp + k * Np + v);
+            const V a = ld<V>(Ab + v), h = ld<V>(hc + m * Np + v);
+            const V Bv = ld<V>(Bj + v), Cv = ld<V>(Cj + v);
+            const V dh = ld<V>(dhc + m * Np + v) + dym * Cv;
+            add_to(dCj + v, dym * h);
+            ya += Cv * h;
+            add_to(dBj + v, dh * dtum);
+            s1 += dh * Bv;
+            const V dg = dh * a;
+            const V da = dg * g;
+            add_to(dAm + v, da * dtm);
+            s2 += da * ld<V>(Am + v);
+            for (int64_t k = 0; k < M; ++k) {
+              add_to(dn + k * Np + v, Wm[k] * dg);
+              add_to(dWacc + (m * M + k) * W, dg * ld<V>(hp + k * Np + v));
+            }
+          }
+          st(rw.acc_1 + j * W, s1);
+          st(rw.acc_2 + j * W, s2);
+          st(rw.acc_y + j * W, ya);
+        }
+        for (int64_t i = 0; i < S; ++i) dhc[i] = dn[i];
+      }
+      for (int64_t m = 0; m < M; ++m) {
+        Rows<T> rw = rows_at(rows, m, Tn);
+        bind_rows(c, rw, m, b, d, t0, Tc, true);
+        finish_rows_bwd(c, rw, m, b, d, t0, Tc, c.dD + c.md(r, m, d), c.dbias + c.md(r, m, d));
+      }
+    }
+  }
+  if (c.dinit)
+    for (int64_t d = r.d0; d < r.d1; ++d) {
+      const T* dh = carry + (d - r.d0) * S;
+      for (int64_t m = 0; m < M; ++m) {
+        T* out = c.dinit + c.st_off(m, b, d);
+        for (int64_t n = 0; n < N; ++n) out[n] = dh[m * Np + n];
+      }
+    }
+  for (int64_t i = 0; i < M * M; ++i) c.dW[r.task * M * M + i] += hsum(ld<V>(dWacc + i * W));
+}
+
+// One task: every batch row of the task, in the mode's kernel (forward or backward).
+template <typename T, int MG, bool BWD>
+static inline void rank1(const Ctx<T>& c, const TaskRange& r, int64_t b, int64_t m0, T wM,
+                         T* carry, int64_t cstride, int64_t soff, T* rows, T* buf) {
+  if (BWD) bwd_rank1<T, MG>(c, r, b, m0, wM, carry, cstride, soff, rows, buf);
+  else fwd_rank1<T, MG>(c, r, b, m0, wM, carry, cstride, soff, rows, buf);
+}
+
+template <typename T, bool BWD>
+static void run_task(const ScanArgs& a, const TaskRange& r, void* scr) {
+  Ctx<T> c(a);
+  int64_t rows_off, buf_off;
+  scratch_layout(a, BWD, &rows_off, &buf_off);
+  T* base = (T*)scr;
+  T *carry = base, *rows = base + rows_off, *buf = base + buf_off;
+  const T wM = T(a.w / double(c.M));
+  for (int64_t b = r.b0; b < r.b1; ++b) {
+    if (a.mode == coupled_scan::kDiag) {
+      for (int64_t m = 0; m < c.M; ++m)
+        rank1<T, 1, BWD>(c, r, b, m, T(1), carry + m * c.Np, c.S, m * c.Np, rows, buf);
+    } else if (a.mode == coupled_scan::kRank1) {
+      switch (c.M) {  // the host sends rank one with M > 4 as a general W
+        case 1: rank1<T, 1, BWD>(c, r, b, 0, wM, carry, c.S, 0, rows, buf); break;
+        case 2: rank1<T, 2, BWD>(c, r, b, 0, wM, carry, c.S, 0, rows, buf); break;
+        case 3: rank1<T, 3, BWD>(c, r, b, 0, wM, carry, c.S, 0, rows, buf); break;
+        default: rank1<T, 4, BWD>(c, r, b, 0, wM, carry, c.S, 0, rows, buf); break;
+      }
+    } else if (BWD) {
+      bwd_general<T>(c, r, b, carry, rows, buf);
+    } else {
+      fwd_general<T>(c, r, b, carry, rows, buf);
+    }
+  }
+}
+
+const KernelTable table = {
+    SCAN_ISA_NAME, SCAN_VBYTES, &scratch_elems,
+    &run_task<float, false>, &run_task<double, false>, &run_task<float, true>,
+    &run_task<double, true>,
+};
+
+}  // namespace SCAN_NS

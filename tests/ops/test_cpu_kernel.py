@@ -1,0 +1,238 @@
+"""Tests specific to the compiled CPU scan kernel (ops/_cpu.py, ops/csrc/).
+
+tests/ops/test_selective_scan.py already compares impl="cpu" with the reference for every
+coupling, optional argument, piecewise/streaming and half dtypes. Here: every instruction set the
+CPU supports (the portable 16-byte build included), chunk and time-block boundaries, the thread
+splits and their private reduction buffers, M > 4 rank-one couplings, special values, non-
+contiguous inputs, memory (no (M, B, D, N, L) tensor), and the fallback when no compiler exists.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+
+from coupled_mamba import coupled_selective_scan
+from coupled_mamba.ops import coupled_selective_scan_ref
+from coupled_mamba.ops import selective_scan as dispatch
+
+_cpu = pytest.importorskip("coupled_mamba.ops._cpu")
+if not _cpu.is_available()[0]:
+    pytest.skip(f"CPU kernel unavailable: {_cpu.is_available()[1]}", allow_module_level=True)
+
+NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias", "initial_state")
+TOL = {torch.float64: 1e-10, torch.float32: 2e-5}
+
+
+def _rel(a, b):
+    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
+
+
+def _outputs_and_grads(fn, kw, coupling, softplus=True, seed=7):
+    y, h = fn(**kw, coupling=coupling, delta_softplus=softplus, return_last_state=True)
+    g = torch.Generator().manual_seed(seed)
+    loss = (y * torch.randn(y.shape, generator=g, dtype=torch.float64).to(y.dtype)).sum()
+    loss = loss + (h * torch.randn(h.shape, generator=g, dtype=torch.float64).to(h.dtype)).sum()
+    names = [n for n in NAMES if n in kw and kw[n].requires_grad]
+    tensors = [kw[n] for n in names]
+    if isinstance(coupling, torch.Tensor) and coupling.requires_grad:
+        names.append("coupling")
+        tensors.append(coupling)
+    return y, h, dict(zip(names, torch.autograd.grad(loss, tensors), strict=True))
+
+
+def _assert_matches_ref(kw, coupling, dtype, softplus=True):
+    y_r, h_r, g_r = _outputs_and_grads(coupled_selective_scan_ref, kw, coupling, softplus)
+    y_c, h_c, g_c = _outputs_and_grads(_cpu.coupled_selective_scan_cpu, kw, coupling, softplus)
+    tol = TOL[dtype]
+    assert _rel(y_c, y_r) < tol, f"y {_rel(y_c, y_r)}"
+    assert _rel(h_c, h_r) < tol, f"last state {_rel(h_c, h_r)}"
+    assert set(g_c) == set(g_r)
+    for name in g_r:
+        assert _rel(g_c[name], g_r[name]) < 10 * tol, f"grad {name}: {_rel(g_c[name], g_r[name])}"
+
+
+@pytest.fixture
+def restore_isa():
+    yield
+    _cpu.isa("auto")
+
+
+def _supported_isas():
+    out = []
+    for name in ("base", "avx2", "avx512"):
+        try:
+            _cpu.isa(name)
+            out.append(name)
+        except RuntimeError:
+            pass
+    _cpu.isa("auto")
+    return out
+
+
+@pytest.mark.parametrize("isa", ["base", "avx2", "avx512"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["fp64", "fp32"])
+def test_every_instruction_set_matches_reference(isa, dtype, make_scan_inputs, restore_isa):
+    """The same source compiled for each ISA (the 16-byte one is what non-AVX CPUs run)."""
+    if isa not in _supported_isas():
+        pytest.skip(f"{isa} not supported by this CPU")
+    assert _cpu.isa(isa) == isa
+    # N = 5 pads to every vector width; L = 70 crosses a chunk boundary.
+    kw = make_scan_inputs(dtype=dtype, N=5, L=70, with_state=True)
+    W = (torch.rand(3, 3, generator=torch.Generator().manual_seed(3), dtype=torch.float64) / 3)
+    for coupling in ("none", "mean", W.to(dtype).requires_grad_(True)):
+        _assert_matches_ref(kw, coupling, dtype)
+
+
+@pytest.mark.parametrize("L", [63, 64, 65, 128, 129])
+def test_chunk_boundaries(L, make_scan_inputs):
+    kw = make_scan_inputs(M=2, Bt=1, D=3, N=3, L=L, with_state=True)
+    for coupling in ("none", "sum", 0.6):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            _assert_matches_ref(kw, coupling, torch.float64)
+
+
+def test_several_time_blocks(make_scan_inputs):
+    """Long enough for several time blocks (each ~512 KiB of B and C) and chunks within them."""
+    torch.manual_seed(0)
+    kw = make_scan_inputs(M=3, Bt=1, D=2, N=64, L=1500, with_state=True, dtype=torch.float32)
+    for coupling in ("mean", "none"):
+        _assert_matches_ref(kw, coupling, torch.float32)
+
+
+@pytest.mark.parametrize("Bt", [1, 2, 3])
+def test_thread_splits_equal_one_thread(Bt, make_scan_inputs):
+    """2 threads: batch split (Bt=2), channel split with private dB/dC (Bt=1), both (Bt=3)."""
+    kw = make_scan_inputs(Bt=Bt, D=6, L=40, with_state=True)
+    W = torch.rand(3, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    results = {}
+    prev = torch.get_num_threads()
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            for coupling in ("mean", "none", W.clone().requires_grad_(True)):
+                key = (threads, coupling if isinstance(coupling, str) else "W")
+                results[key] = _outputs_and_grads(_cpu.coupled_selective_scan_cpu, kw, coupling)
+    finally:
+        torch.set_num_threads(prev)
+    for c in ("mean", "none", "W"):
+        y1, h1, g1 = results[(1, c)]
+        y2, h2, g2 = results[(2, c)]
+        assert _rel(y2, y1) < 1e-14 and _rel(h2, h1) < 1e-14
+        for name in g1:  # reductions are summed in another order: rounding only
+            assert _rel(g2[name], g1[name]) < 1e-13, name
+
+
+@pytest.mark.parametrize("M", [4, 5])
+def test_rank_one_with_many_modalities(M, make_scan_inputs):
+    """Rank one is unrolled up to M = 4; larger M goes through the dense-W kernel."""
+    kw = make_scan_inputs(M=M, L=20, with_state=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        for coupling in ("mean", "sum"):
+            _assert_matches_ref(kw, coupling, torch.float64)
+
+
+def test_non_contiguous_inputs(make_scan_inputs):
+    kw = make_scan_inputs(L=30, with_state=True, requires_grad=False)
+    strided = {}
+    for k, v in kw.items():
+        big = torch.stack([v, v + 1], dim=-1)  # the last dim now has stride 2
+        strided[k] = big[..., 0]
+        assert not strided[k].is_contiguous()
+    y_c, h_c = _cpu.coupled_selective_scan_cpu(**strided, delta_softplus=True,
+                                               return_last_state=True)
+    y_r, h_r = coupled_selective_scan_ref(**kw, delta_softplus=True, return_last_state=True)
+    assert _rel(y_c, y_r) < 1e-12 and _rel(h_c, h_r) < 1e-12
+
+
+def test_extreme_decay_and_nan_propagation(make_scan_inputs):
+    """dt A far below the float exponent range gives Abar = 0 exactly like exp; NaN propagates."""
+    kw = make_scan_inputs(dtype=torch.float32, L=12, requires_grad=False)
+    kw["A"] = kw["A"] * torch.logspace(-3, 3, kw["A"].shape[-1])  # dt A from ~-1e-4 to ~-5e3
+    for coupling in ("none", "mean", 0.5):
+        y_c = _cpu.coupled_selective_scan_cpu(**kw, coupling=coupling, delta_softplus=True)
+        y_r = coupled_selective_scan_ref(**kw, coupling=coupling, delta_softplus=True)
+        assert torch.isfinite(y_c).all()
+        assert _rel(y_c, y_r) < 2e-5
+    kw["u"] = kw["u"].clone()
+    kw["u"][1, 0, 2, 5] = float("nan")
+    y_c = _cpu.coupled_selective_scan_cpu(**kw, coupling="mean", delta_softplus=True)
+    y_r = coupled_selective_scan_ref(**kw, coupling="mean", delta_softplus=True)
+    assert torch.equal(torch.isnan(y_c), torch.isnan(y_r))
+    assert torch.isnan(y_c).any()
+
+
+def test_large_softplus_arguments_follow_torch(make_scan_inputs):
+    """softplus(x) = x above 20 (torch's threshold), log1p(exp(x)) below; the gradients too."""
+    kw = make_scan_inputs(L=16, N=3)
+    with torch.no_grad():
+        kw["delta"].copy_(torch.linspace(-30, 30, 16).expand_as(kw["delta"]))
+        kw["A"].mul_(1e-2)  # keep Abar away from 0 so that every step matters
+    _assert_matches_ref(kw, "mean", torch.float64)
+
+
+def test_never_allocates_a_full_state_tensor():
+    """Forward + backward never allocate anything near one (M, B, D, N, L) tensor.
+
+    The torch profiler sees every CPU allocation of the call (the kernel's outputs, scratch,
+    saved chunk states, the padded B/C copies). A full state tensor would be a single allocation
+    of M*B*D*N*L floats; here the largest is an (M, B, D, L) tensor (N = 16 times smaller), and
+    even the sum of all allocations stays below one full state tensor.
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    M, Bt, D, N, L = 3, 1, 64, 16, 2048
+    full_bytes = M * Bt * D * N * L * 4  # 25 MB
+    g = torch.Generator().manual_seed(0)
+    kw = dict(
+        u=torch.randn(M, Bt, D, L, generator=g), delta=torch.randn(M, Bt, D, L, generator=g),
+        A=-torch.rand(M, D, N, generator=g) - 0.1, B=torch.randn(M, Bt, N, L, generator=g),
+        C=torch.randn(M, Bt, N, L, generator=g), D=torch.randn(M, D, generator=g),
+        z=torch.randn(M, Bt, D, L, generator=g), delta_bias=torch.randn(M, D, generator=g),
+    )
+    kw = {k: v.requires_grad_(True) for k, v in kw.items()}
+    gy = torch.randn(M, Bt, D, L, generator=g)
+    for coupling in ("mean", "none"):
+        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+            y = _cpu.coupled_selective_scan_cpu(**kw, coupling=coupling, delta_softplus=True)
+            y.backward(gy)
+        allocs = [e.self_cpu_memory_usage for e in prof.events() if e.self_cpu_memory_usage > 0]
+        assert allocs, "the profiler recorded no allocation"
+        assert max(allocs) <= M * Bt * D * L * 4 * 1.01, (coupling, max(allocs))
+        assert sum(allocs) < full_bytes, (coupling, sum(allocs), full_bytes)
+
+
+def test_fallback_to_torch_with_one_warning(monkeypatch, make_scan_inputs):
+    """No usable kernel: impl='auto' warns once and uses the torch path; impl='cpu' raises."""
+    monkeypatch.setattr(_cpu, "is_available", lambda: (False, "no C++ compiler (test)"))
+    monkeypatch.setattr(dispatch, "_warned", set())
+    kw = make_scan_inputs(L=9, requires_grad=False)
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        y1 = coupled_selective_scan(**kw, delta_softplus=True)
+        y2 = coupled_selective_scan(**kw, delta_softplus=True)
+    msgs = [str(w.message) for w in rec if "compiled CPU kernel unavailable" in str(w.message)]
+    assert len(msgs) == 1 and "no C++ compiler (test)" in msgs[0]
+    y_t = coupled_selective_scan(**kw, delta_softplus=True, impl="torch")
+    assert torch.equal(y1, y_t) and torch.equal(y2, y_t)
+    with pytest.raises(RuntimeError, match="no C\\+\\+ compiler"):
+        coupled_selective_scan(**kw, impl="cpu")
+
+
+def test_is_available_reports_build_failure(monkeypatch):
+    """A failing build gives (False, reason) instead of raising."""
+    import torch.utils.cpp_extension as cpp_ext
+
+    def broken_load(*args, **kwargs):
+        raise RuntimeError("Error building extension: c++: command not found")
+
+    monkeypatch.setattr(cpp_ext, "load", broken_load)
+    monkeypatch.setattr(_cpu, "_state", {})
+    ok, reason = _cpu.is_available()
+    assert ok is False and "command not found" in reason
+    ok2, reason2 = _cpu.is_available()  # cached: no second build attempt
+    assert (ok2, reason2) == (ok, reason)
