@@ -1,0 +1,330 @@
+"""Fused Triton coupled selective scan (SPEC section 2): launcher, autograd and availability.
+
+    h[t][m] = exp(dt A)[m] * sum_k W[m, k] h[t-1][k] + dt B u;   y = (C h + D u) * silu(z)
+
+Shapes: M modalities, Bt batch, D channels, N state size, L length. The kernels live in
+``_triton_kernels.py``; their design (grid, registers, checkpoints, reverse pass, reductions) is in
+docs/triton_kernel.md.
+
+Devices. CUDA tensors run the compiled kernels. With ``TRITON_INTERPRET=1`` set before triton is
+first imported, Triton's interpreter runs them instead (numpy, slow, on CPU tensors too; the
+tests use it in a subprocess). The process-wide choice is Triton's: its own library functions are
+compiled or interpreted from that first import on.
+
+Precision. fp32 and fp64 inputs are computed in their own dtype; bf16 and fp16 in fp32. y and the
+input gradients come back in the input dtypes; the last state in the compute dtype.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from dataclasses import dataclass
+
+import torch
+
+from ._coupling import resolve_coupling
+
+# Defaults (see docs/triton_kernel.md): a state checkpoint every CHUNK steps; the backward keeps
+# SUB_CHUNK states in registers (8 doubles its compile time for no fewer registers); a program's
+# state tile holds about *_TILE elements (MP * BD * NP), which sets the channels per program BD.
+CHUNK = 64
+SUB_CHUNK = 4
+FWD_TILE = 512
+BWD_TILE = 256
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def is_available() -> tuple[bool, str | None]:
+    """(True, None) if the kernels can run here, else (False, why).
+
+    True when triton imports and either a CUDA device exists or TRITON_INTERPRET=1 (CPU
+    interpreter; :func:`coupled_selective_scan_triton` still needs CUDA tensors without it).
+    """
+    if importlib.util.find_spec("triton") is None:
+        return False, "triton is not installed (pip install 'coupled-mamba[triton]')"
+    try:
+        import triton  # noqa: F401
+    except Exception as exc:  # a broken install: say so instead of failing at the first call
+        return False, f"triton does not import ({type(exc).__name__}: {exc})"
+    if _interpreting():
+        return True, None
+    if not torch.cuda.is_available():
+        return False, "no CUDA device (TRITON_INTERPRET=1 runs the kernels on CPU, slowly)"
+    return True, None
+
+
+def _kernels():
+    """(kernel module, interpreted?).
+
+    triton.jit decides at decoration time whether a function is compiled or interpreted, and
+    Triton's own library (tl.zeros, tl.sigmoid, ...) is decorated when triton is first imported:
+    the interpreter works only if TRITON_INTERPRET=1 was set before that first import.
+    """
+    import triton.language.standard as std
+    from triton.runtime.interpreter import InterpretedFunction
+
+    from . import _triton_kernels as kernels
+
+    ours = isinstance(kernels._fwd_kernel, InterpretedFunction)
+    theirs = isinstance(getattr(std, "zeros", None), InterpretedFunction)
+    if ours != theirs:
+        raise RuntimeError(
+            "TRITON_INTERPRET changed between importing triton and importing "
+            "coupled_mamba.ops._triton_kernels; set it (or not) before triton is first imported"
+        )
+    return kernels, ours
+
+
+def _pow2(n: int) -> int:
+    return 1 << max(0, (int(n) - 1).bit_length())
+
+
+@dataclass(frozen=True)
+class _Config:
+    """Everything the kernels specialise on, besides the tensors."""
+
+    kind: int  # 0 none, 1 rank one, 2 general
+    weight: float  # w of a rank-one coupling
+    softplus: bool
+    chunk: int
+    sub_chunk: int
+    block_d_fwd: int
+    block_d_bwd: int
+    num_warps: int
+
+
+def _launch_options(cfg: _Config) -> dict:
+    # FMA contraction on, said explicitly: Triton 3.9 warns that its default will flip to off.
+    return {"num_warps": cfg.num_warps, "enable_fp_fusion": True}
+
+
+def _block_d(D: int, MP: int, NP: int, tile: int) -> int:
+    return max(1, min(_pow2(D), _pow2(max(1, tile // (MP * NP)))))
+
+
+def _check_pow2(name: str, value: int) -> None:
+    if value < 1 or value & (value - 1):
+        raise ValueError(f"{name}: must be a power of two >= 1, got {value}")
+
+
+def _fwd_launch(u, delta, A, B, C, D, z, delta_bias, W, h0, y, last, ckpt, cfg, save):
+    """Positional arguments and constexpr keywords of _fwd_kernel (absent tensors -> u, unread)."""
+    M, Bt, Dd, L = u.shape
+    N = A.shape[-1]
+
+    def opt(x):
+        return u if x is None else x
+
+    args = [u, delta, A, B, C, opt(D), opt(z), opt(delta_bias), opt(W), opt(h0), y, last, ckpt,
+            Bt, Dd, N, L, cfg.weight]
+    meta = dict(
+        M=M, MP=_pow2(M), BD=cfg.block_d_fwd, NP=_pow2(N), CHUNK=cfg.chunk, KIND=cfg.kind,
+        SOFTPLUS=cfg.softplus, HAS_D=D is not None, HAS_Z=z is not None,
+        HAS_BIAS=delta_bias is not None, HAS_H0=h0 is not None, SAVE=save,
+        CT=_tl_dtype(last.dtype),
+    )
+    return args, meta
+
+
+def _bwd_launch(u, delta, A, B, C, D, z, delta_bias, W, ckpt, dy, dlast, scratch, grads, cfg,
+                need_dw, atomic):
+    """Positional arguments and constexpr keywords of _bwd_kernel (absent tensors -> u, unread)."""
+    M, Bt, Dd, L = u.shape
+    N = A.shape[-1]
+
+    def opt(x):
+        return u if x is None else x
+
+    args = [u, delta, A, B, C, opt(D), opt(z), opt(delta_bias), opt(W), ckpt, dy, opt(dlast),
+            scratch, *map(opt, grads), Bt, Dd, N, L, cfg.weight]
+    meta = dict(
+        M=M, MP=_pow2(M), BD=cfg.block_d_bwd, NP=_pow2(N), CHUNK=cfg.chunk, S=cfg.sub_chunk,
+        KIND=cfg.kind, SOFTPLUS=cfg.softplus, HAS_D=D is not None, HAS_Z=z is not None,
+        HAS_BIAS=delta_bias is not None, HAS_H0=grads[-1] is not None,
+        HAS_DLAST=dlast is not None, NEED_DW=need_dw, ATOMIC_BC=atomic,
+        CT=_tl_dtype(ckpt.dtype),
+    )
+    return args, meta
+
+
+class _CoupledScanTriton(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, W, h0, cfg: _Config):
+        M, Bt, Dd, L = u.shape
+        N = A.shape[-1]
+        ct = torch.float64 if u.dtype == torch.float64 else torch.float32
+        save = any(ctx.needs_input_grad[:10])
+        n_chunks = -(-L // cfg.chunk)
+        y = torch.empty_like(u)
+        last = torch.empty(M, Bt, Dd, N, device=u.device, dtype=ct)
+        ckpt = torch.empty(n_chunks if save else 1, M, Bt, Dd, N, device=u.device, dtype=ct)
+        args, meta = _fwd_launch(u, delta, A, B, C, D, z, delta_bias, W, h0, y, last, ckpt,
+                                 cfg, save)
+        _kernels()[0]._fwd_kernel[(triton_cdiv(Dd, cfg.block_d_fwd), Bt)](
+            *args, **meta, **_launch_options(cfg)
+        )
+        if save:
+            ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, W, h0, ckpt)
+        ctx.cfg = cfg
+        return y, last
+
+    @staticmethod
+    def backward(ctx, dy, dlast):
+        u, delta, A, B, C, D, z, delta_bias, W, h0, ckpt = ctx.saved_tensors
+        cfg: _Config = ctx.cfg
+        M, Bt, Dd, L = u.shape
+        N = A.shape[-1]
+        ct = ckpt.dtype
+        MP, NP = _pow2(M), _pow2(N)
+        bd = cfg.block_d_bwd
+        n_dblk = triton_cdiv(Dd, bd)
+        dev = u.device
+        need_dw = W is not None and ctx.needs_input_grad[8]
+        atomic = n_dblk > 1
+        dy = dy.contiguous()
+        du = torch.empty_like(u)
+        ddelta = torch.empty_like(delta)
+        dz = torch.empty_like(z) if z is not None else None
+        bc_dtype = torch.float32 if atomic and B.dtype != torch.float64 else B.dtype
+        alloc = torch.zeros if atomic else torch.empty
+        dB = alloc(B.shape, device=dev, dtype=bc_dtype)
+        dC = alloc(C.shape, device=dev, dtype=bc_dtype)
+        dA = torch.empty(Bt, M, Dd, N, device=dev, dtype=ct)
+        dD = torch.empty(Bt, M, Dd, device=dev, dtype=ct) if D is not None else None
+        dbias = torch.empty(Bt, M, Dd, device=dev, dtype=ct) if delta_bias is not None else None
+        dW = torch.empty(Bt, n_dblk, M, M, device=dev, dtype=ct) if need_dw else None
+        dh0 = torch.empty_like(h0) if h0 is not None else None
+        scratch = torch.empty(Bt * n_dblk * (cfg.chunk // cfg.sub_chunk) * MP * bd * NP,
+                              device=dev, dtype=ct)
+        args, meta = _bwd_launch(
+            u, delta, A, B, C, D, z, delta_bias, W, ckpt, dy,
+            None if dlast is None else dlast.contiguous(), scratch,
+            (du, ddelta, dz, dB, dC, dA, dD, dbias, dW, dh0), cfg, need_dw, atomic,
+        )
+        _kernels()[0]._bwd_kernel[(n_dblk, Bt)](*args, **meta, **_launch_options(cfg))
+        return (
+            du, ddelta, dA.sum(0).to(A.dtype), dB.to(B.dtype), dC.to(C.dtype),
+            None if D is None else dD.sum(0).to(D.dtype), dz,
+            None if delta_bias is None else dbias.sum(0).to(delta_bias.dtype),
+            dW.sum((0, 1)).to(W.dtype) if need_dw else None, dh0, None,
+        )
+
+
+def triton_cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def _tl_dtype(dtype: torch.dtype):
+    import triton.language as tl
+
+    return tl.float64 if dtype == torch.float64 else tl.float32
+
+
+def coupled_selective_scan_triton(
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None = None,
+    z: torch.Tensor | None = None,
+    delta_bias: torch.Tensor | None = None,
+    delta_softplus: bool = False,
+    coupling="mean",
+    initial_state: torch.Tensor | None = None,
+    return_last_state: bool = False,
+    *,
+    chunk: int = CHUNK,
+    sub_chunk: int = SUB_CHUNK,
+    block_d: int | None = None,
+    block_d_bwd: int | None = None,
+    num_warps: int = 4,
+):
+    """Coupled selective scan with fused Triton kernels, forward and backward.
+
+    Same signature, shapes and semantics as
+    :func:`coupled_mamba.ops.coupled_selective_scan_ref`:
+    u, delta, z (M, Bt, D, L); A (M, D, N); B, C (M, Bt, N, L); D, delta_bias (M, D);
+    initial_state (M, Bt, D, N). Returns y (M, Bt, D, L) [, h[L-1] (M, Bt, D, N)].
+
+    Tuning (keyword only; powers of two): ``chunk`` steps between stored state checkpoints
+    (memory M Bt D N L / chunk), ``sub_chunk`` states the backward keeps in registers
+    (divides ``chunk``), ``block_d`` / ``block_d_bwd`` channels per program.
+
+    Raises:
+        ValueError: a bad tuning value, or CPU tensors outside the interpreter.
+    """
+    for name, value in (("chunk", chunk), ("sub_chunk", sub_chunk)):
+        _check_pow2(name, value)
+    if chunk % sub_chunk:
+        raise ValueError(f"sub_chunk: {sub_chunk} must divide chunk={chunk}")
+    M, Bt, Dd, L = u.shape
+    N = A.shape[-1]
+    MP, NP = _pow2(M), _pow2(N)
+    bd_f = block_d or _block_d(Dd, MP, NP, FWD_TILE)
+    bd_b = block_d_bwd or _block_d(Dd, MP, NP, BWD_TILE)
+    for name, value in (("block_d", bd_f), ("block_d_bwd", bd_b)):
+        _check_pow2(name, value)
+
+    if u.device.type != "cuda" and not _kernels()[1]:
+        raise ValueError(
+            f"impl='triton' needs CUDA tensors, got tensors on {u.device} (with "
+            "TRITON_INTERPRET=1 set before triton is first imported, the kernels run in "
+            "Triton's CPU interpreter)"
+        )
+    cp = resolve_coupling(coupling, M)
+    ct = torch.float64 if u.dtype == torch.float64 else torch.float32
+    W = None
+    kind = {"diag": 0, "rank1": 1, "general": 2}[cp.kind]
+    if kind == 2:
+        W = cp.matrix.to(device=u.device, dtype=ct).contiguous()
+    cfg = _Config(
+        kind=kind, weight=float(cp.weight), softplus=bool(delta_softplus), chunk=chunk,
+        sub_chunk=sub_chunk, block_d_fwd=bd_f, block_d_bwd=bd_b, num_warps=num_warps,
+    )
+
+    def c(x):
+        return None if x is None else x.contiguous()
+
+    y, last = _CoupledScanTriton.apply(
+        c(u), c(delta), c(A), c(B), c(C), c(D), c(z), c(delta_bias), W, c(initial_state), cfg
+    )
+    return (y, last) if return_last_state else y
+
+
+_TYPE = {torch.float32: "fp32", torch.float64: "fp64", torch.bfloat16: "bf16",
+         torch.float16: "fp16"}
+
+
+def _compile_for(kernel, args, meta, num_warps: int, capability: int = 90):
+    """Compile one launch ahead of time for an NVIDIA target, on any machine (no GPU needed).
+
+    Runs Triton's real compiler (TTIR -> TTGIR -> LLVM -> PTX -> cubin with the bundled ptxas),
+    which the interpreter does not; used by tests and the GPU script to catch compile errors early.
+    Returns the compiled kernel (``.asm["ptx"]``, ``.metadata``).
+    """
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    names = kernel.arg_names
+    signature, constexprs = {}, {}
+    for name, value in zip(names, args, strict=False):  # the constexprs come after args
+        if isinstance(value, torch.Tensor):
+            signature[name] = "*" + _TYPE[value.dtype]
+        elif isinstance(value, bool):
+            signature[name] = "i1"
+        elif isinstance(value, int):
+            signature[name] = "i32" if -(2**31) <= value < 2**31 else "i64"
+        else:
+            signature[name] = "fp32"
+    for name, value in meta.items():
+        signature[name] = "constexpr"
+        constexprs[name] = value
+    src = ASTSource(fn=kernel, signature=signature, constexprs=constexprs)
+    return triton.compile(src, target=GPUTarget("cuda", capability, 32),
+                          options={"num_warps": num_warps, "enable_fp_fusion": True})

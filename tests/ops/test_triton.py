@@ -1,0 +1,327 @@
+"""The fused Triton scan against the reference loop (SPEC section 2).
+
+On CPU the kernels run in Triton's interpreter. The interpreter works only when TRITON_INTERPRET=1
+is set before triton is first imported, and then holds for the whole process, so
+``test_interpreter_suite`` runs the TestInterpreter cases in a child pytest with the variable set
+and this process stays compiled-mode (nothing leaks into other tests). To run them directly:
+``TRITON_INTERPRET=1 python -m pytest tests/ops/test_triton.py -k TestInterpreter``.
+
+Shapes are tiny and the checkpoint interval small, so the cases cross several checkpoint chunks
+and register sub-chunks, with padding in M, D and N. ``test_kernels_compile_for_sm90`` runs
+Triton's real compiler for an H100 target without a GPU. Tests marked ``gpu`` run on CUDA.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import warnings
+
+import pytest
+import torch
+
+pytest.importorskip("triton")
+
+from coupled_mamba import coupled_selective_scan  # noqa: E402
+from coupled_mamba.ops import _triton, coupled_selective_scan_ref  # noqa: E402
+
+INTERPRETING = os.environ.get("TRITON_INTERPRET", "0") == "1"
+TOL = {torch.float64: 1e-10, torch.float32: 2e-5}
+GRAD_NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias", "initial_state")
+# Tiny tiling: chunks of 8 steps, 4 states in registers, 2 channels per program (so dB and dC
+# are summed over programs with atomics) unless a test says otherwise.
+TINY = dict(chunk=8, sub_chunk=4, block_d=2, block_d_bwd=2)
+
+
+def _matrix(M, dtype, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    W = torch.rand(M, M, generator=g, dtype=torch.float64) / M
+    return W.to(dtype).requires_grad_(True)
+
+
+def _rel(a, b):
+    return ((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30)).item()
+
+
+def _run(fn, kw, coupling, softplus=True, last=True):
+    """y, h[L-1] and the gradients of a random projection of both, w.r.t. every input."""
+    out = fn(**kw, coupling=coupling, delta_softplus=softplus, return_last_state=last)
+    y, h = out if last else (out, None)
+    g = torch.Generator().manual_seed(123)
+    loss = (y.double() * torch.randn(y.shape, generator=g, dtype=torch.float64)).sum()
+    if last:
+        loss = loss + (h.double() * torch.randn(h.shape, generator=g, dtype=torch.float64)).sum()
+    names = [n for n in GRAD_NAMES if n in kw and kw[n].requires_grad]
+    tensors = [kw[n] for n in names]
+    if isinstance(coupling, torch.Tensor) and coupling.requires_grad:
+        names.append("coupling")
+        tensors.append(coupling)
+    grads = torch.autograd.grad(loss, tensors) if tensors else ()
+    return y, h, dict(zip(names, grads, strict=True))
+
+
+def _triton_fn(**tiling):
+    def fn(**kw):
+        return _triton.coupled_selective_scan_triton(**kw, **tiling)
+
+    return fn
+
+
+def _compare(kw, coupling, softplus=True, last=True, tol=None, **tiling):
+    """Assert that the Triton scan matches the reference: y, last state, every gradient."""
+    tol = tol or TOL[kw["u"].dtype]
+    y_r, h_r, g_r = _run(coupled_selective_scan_ref, kw, coupling, softplus, last)
+    y_t, h_t, g_t = _run(_triton_fn(**{**TINY, **tiling}), kw, coupling, softplus, last)
+    assert y_t.dtype == kw["u"].dtype and y_t.shape == y_r.shape
+    assert _rel(y_t, y_r) < tol, f"y: {_rel(y_t, y_r)}"
+    if last:
+        assert h_t.dtype == h_r.dtype
+        assert _rel(h_t, h_r) < tol, f"last state: {_rel(h_t, h_r)}"
+    assert set(g_t) == set(g_r)
+    for name in g_r:
+        assert g_t[name].dtype == g_r[name].dtype, name
+        err = _rel(g_t[name], g_r[name])
+        assert err < 10 * tol, f"grad {name}: {err}"
+
+
+COUPLINGS = ["none", "mean", "sum", 0.3, "matrix"]
+
+
+class TestInterpreter:
+    """Triton kernels in the CPU interpreter against the reference.
+
+    Collected only when TRITON_INTERPRET=1 was set before triton was imported (the interpreter
+    needs that); a normal run executes them through test_interpreter_suite in a subprocess.
+    """
+
+    __test__ = INTERPRETING
+
+
+    @pytest.mark.parametrize("coupling", COUPLINGS)
+    def test_matches_reference_all_couplings(self, coupling, make_scan_inputs):
+        # M = 3 (padded to 4), D = 4 in 2 programs, N = 5 (padded to 8), L = 21: 3 chunks, the last
+        # partial, and a partial register sub-chunk. Every optional input, gradients through y and h.
+        # Two batch rows where the coupling mixes most (the interpreter is slow: one elsewhere).
+        Bt = 2 if coupling in ("mean", "matrix") else 1
+        kw = make_scan_inputs(M=3, Bt=Bt, D=4, N=5, L=21, with_state=True)
+        W = _matrix(3, torch.float64) if coupling == "matrix" else coupling
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # "sum" warns that it is not contractive
+            _compare(kw, W)
+
+
+    @pytest.mark.parametrize("coupling", ["mean", "matrix"])
+    def test_float32(self, coupling, make_scan_inputs):
+        kw = make_scan_inputs(M=2, Bt=1, D=4, N=4, L=19, dtype=torch.float32, with_state=True)
+        W = _matrix(2, torch.float32) if coupling == "matrix" else coupling
+        _compare(kw, W)
+
+
+    OPTIONAL = [
+        # with_D, with_z, with_bias, with_state, softplus
+        (False, False, False, False, False),
+        (False, True, False, True, True),
+        (True, False, True, False, False),
+    ]
+
+
+    @pytest.mark.parametrize(
+        "with_D,with_z,with_bias,with_state,softplus",
+        OPTIONAL,
+        ids=["".join("DZbSs"[i] if f else "-" for i, f in enumerate(o)) for o in OPTIONAL],
+    )
+    def test_optional_arguments(self, with_D, with_z, with_bias, with_state, softplus, make_scan_inputs):
+        kw = make_scan_inputs(M=2, Bt=1, D=3, N=4, L=13, with_D=with_D, with_z=with_z,
+                              with_bias=with_bias, with_state=with_state)
+        if not softplus:
+            # Without softplus delta must already be a positive step.
+            kw["delta"] = kw["delta"].detach().abs().add(0.05).requires_grad_(True)
+        _compare(kw, "mean", softplus=softplus, last=with_state)
+        _compare(kw, _matrix(2, torch.float64), softplus=softplus, last=not with_state)
+
+
+    @pytest.mark.parametrize(
+        "M,D,N,L,tiling",
+        [
+            (1, 3, 4, 1, {}),  # one modality, L = 1 (the streaming step)
+            (4, 2, 4, 3, dict(block_d=4, block_d_bwd=4)),  # no padding in M; L < sub-chunk; one
+            # channel block, so dB and dC are stored without atomics
+            (2, 5, 3, 16, dict(chunk=4, sub_chunk=4)),  # L a multiple of the chunk, chunk = sub-chunk
+            (2, 2, 2, 9, dict(chunk=8, sub_chunk=2, block_d=1, block_d_bwd=1)),
+        ],
+        ids=["M1-L1", "M4-L3-oneblock", "L16-chunk4", "L9-sub2-bd1"],
+    )
+    def test_shapes_and_tilings(self, M, D, N, L, tiling, make_scan_inputs):
+        kw = make_scan_inputs(M=M, Bt=1, D=D, N=N, L=L, with_state=True)
+        _compare(kw, _matrix(M, torch.float64), **tiling)
+        _compare(kw, "mean", **tiling)
+
+
+    @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+    def test_half_inputs_computed_in_fp32(self, dtype, make_scan_inputs):
+        kw = make_scan_inputs(M=2, Bt=1, D=4, N=4, L=17, dtype=dtype, with_state=True)
+        for name in ("A", "D", "delta_bias", "initial_state"):  # parameters may stay fp32
+            kw[name] = kw[name].detach().float().requires_grad_(True)
+        y_t, h_t, g_t = _run(_triton_fn(**TINY), kw, "mean")
+        assert y_t.dtype == dtype and h_t.dtype == torch.float32
+        # The reference on the same values upcast: only the final rounding to the half type differs.
+        kw32 = {k: v.detach().float().requires_grad_(True) for k, v in kw.items()}
+        y_r, h_r, g_r = _run(coupled_selective_scan_ref, kw32, "mean")
+        eps = torch.finfo(dtype).eps
+        assert _rel(y_t, y_r) < 4 * eps
+        assert _rel(h_t, h_r) < 1e-5
+        for name in g_r:
+            assert g_t[name].dtype == kw[name].dtype, name
+            assert _rel(g_t[name], g_r[name]) < 4 * eps, name
+
+
+    def test_softplus_threshold_and_tiny_steps(self, make_scan_inputs):
+        """delta + bias above 20 takes torch's linear branch; very negative gives tiny steps."""
+        kw = make_scan_inputs(M=2, Bt=1, D=4, N=4, L=10, with_state=True)
+        raw = kw["delta"].detach().clone()
+        raw[..., ::3] = 25.0 + raw[..., ::3]
+        raw[..., 1::3] = -30.0 + raw[..., 1::3]
+        kw["delta"] = raw.requires_grad_(True)
+        kw["A"] = (kw["A"].detach() * 0.01).requires_grad_(True)  # keep exp(dt A) away from 0
+        _compare(kw, "mean")
+
+
+    def test_piecewise_equals_whole(self, make_scan_inputs):
+        kw = make_scan_inputs(M=2, Bt=1, D=3, N=4, L=14, with_state=True, requires_grad=False)
+        fn = _triton_fn(**TINY)
+        y, h = fn(**kw, coupling=0.5, delta_softplus=True, return_last_state=True)
+        rest = {k: v for k, v in kw.items() if k != "initial_state"}
+        first = {k: (v[..., :9] if v.dim() == 4 else v) for k, v in rest.items()}
+        second = {k: (v[..., 9:] if v.dim() == 4 else v) for k, v in rest.items()}
+        y1, h1 = fn(**first, initial_state=kw["initial_state"], coupling=0.5, delta_softplus=True,
+                    return_last_state=True)
+        y2, h2 = fn(**second, initial_state=h1, coupling=0.5, delta_softplus=True,
+                    return_last_state=True)
+        assert _rel(torch.cat([y1, y2], -1), y) < 1e-12
+        assert _rel(h2, h) < 1e-12
+
+
+    def test_forward_without_grad_stores_no_checkpoints(self, make_scan_inputs):
+        kw = make_scan_inputs(M=2, Bt=1, D=3, N=4, L=11, with_state=True, requires_grad=False)
+        with torch.no_grad():
+            y = _triton.coupled_selective_scan_triton(**kw, delta_softplus=True, **TINY)
+        assert not y.requires_grad
+        assert _rel(y, coupled_selective_scan_ref(**kw, delta_softplus=True)) < 1e-10
+
+
+    def test_dispatcher_reaches_triton_only_when_asked(self, monkeypatch, make_scan_inputs):
+        kw = make_scan_inputs(M=2, Bt=1, D=3, N=4, L=9, requires_grad=False)
+        y = coupled_selective_scan(**kw, delta_softplus=True, impl="triton")  # default tiling
+        assert _rel(y, coupled_selective_scan_ref(**kw, delta_softplus=True)) < 1e-10
+
+        def boom(*args, **kwargs):
+            raise AssertionError("impl='auto' picked the Triton interpreter for CPU tensors")
+
+        monkeypatch.setattr(_triton, "coupled_selective_scan_triton", boom)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            coupled_selective_scan(**kw, delta_softplus=True, impl="auto")
+
+
+compiled_mode = pytest.mark.skipif(
+    INTERPRETING, reason="TRITON_INTERPRET=1: the process runs Triton's interpreter"
+)
+
+
+@compiled_mode
+def test_interpreter_suite():
+    """Run TestInterpreter in a child pytest with TRITON_INTERPRET=1; every case must pass."""
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    cmd = [sys.executable, "-m", "pytest", __file__, "-q", "-k", "TestInterpreter",
+           "-p", "no:cacheprovider"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    out = proc.stdout + proc.stderr
+    summary = out.strip().splitlines()[-1] if out.strip() else ""
+    assert proc.returncode == 0, f"interpreter cases failed:\n{out[-6000:]}"
+    passed = re.search(r"(\d+) passed", summary)
+    assert passed and int(passed.group(1)) >= 20, summary
+    assert not re.search(r"failed|error|skipped", summary), summary
+
+
+@compiled_mode
+def test_cpu_tensors_need_the_interpreter(make_scan_inputs):
+    kw = make_scan_inputs(M=2, Bt=1, D=3, N=4, L=5, requires_grad=False)
+    with pytest.raises(ValueError, match="TRITON_INTERPRET"):
+        _triton.coupled_selective_scan_triton(**kw)
+    if not torch.cuda.is_available():
+        ok, reason = _triton.is_available()
+        assert not ok and "CUDA" in reason
+
+
+def test_bad_tiling_raises(make_scan_inputs):
+    kw = make_scan_inputs(M=2, Bt=1, D=3, N=4, L=5, requires_grad=False)
+    with pytest.raises(ValueError, match="chunk"):
+        _triton.coupled_selective_scan_triton(**kw, chunk=12)
+    with pytest.raises(ValueError, match="sub_chunk"):
+        _triton.coupled_selective_scan_triton(**kw, chunk=4, sub_chunk=8)
+    with pytest.raises(ValueError, match="block_d"):
+        _triton.coupled_selective_scan_triton(**kw, block_d=3)
+
+
+@compiled_mode
+def test_kernels_compile_for_sm90():
+    """Triton's real compiler (not the interpreter) accepts both kernels, down to a cubin.
+
+    The general coupling with every optional input and dW is the largest specialisation.
+    """
+    k = _triton._kernels()[0]
+    M, Bt, Dd, N, L = 3, 2, 16, 16, 40
+    e = torch.empty
+    u, B = e(M, Bt, Dd, L), e(M, Bt, N, L)
+    A, h = e(M, Dd, N), e(M, Bt, Dd, N)
+    p, W, ckpt = e(M, Dd), e(M, M), e(1, M, Bt, Dd, N)
+    cfg = _triton._Config(kind=2, weight=1.0, softplus=True, chunk=_triton.CHUNK,
+                          sub_chunk=_triton.SUB_CHUNK, block_d_fwd=8, block_d_bwd=4,
+                          num_warps=4)
+    args, meta = _triton._fwd_launch(u, u, A, B, B, p, u, p, W, h, u, h, ckpt, cfg, True)
+    fwd = _triton._compile_for(k._fwd_kernel, args, meta, cfg.num_warps)
+    grads = (u, u, u, B, B, e(Bt, M, Dd, N), e(Bt, M, Dd), e(Bt, M, Dd), e(Bt, 4, M, M), h)
+    args, meta = _triton._bwd_launch(u, u, A, B, B, p, u, p, W, ckpt, u, h, e(8), grads, cfg,
+                                     True, True)
+    bwd = _triton._compile_for(k._bwd_kernel, args, meta, cfg.num_warps)
+    for compiled in (fwd, bwd):
+        assert ".target sm_90" in compiled.asm["ptx"]
+        assert compiled.asm.get("cubin")
+
+
+# --- on a GPU ------------------------------------------------------------------------------
+
+gpu = pytest.mark.skipif(not torch.cuda.is_available() or INTERPRETING,
+                         reason="needs a CUDA device (and compiled Triton)")
+
+
+@pytest.mark.gpu
+@gpu
+@pytest.mark.parametrize("coupling", COUPLINGS)
+def test_gpu_matches_reference(coupling, make_scan_inputs):
+    kw = make_scan_inputs(M=3, Bt=2, D=40, N=16, L=150, dtype=torch.float32, device="cuda",
+                          with_state=True)
+    W = _matrix(3, torch.float32).cuda() if coupling == "matrix" else coupling
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        # Default tiling through the dispatcher: impl="auto" must pick Triton on CUDA.
+        y_r, h_r, g_r = _run(coupled_selective_scan_ref, kw, W)
+        y_t, h_t, g_t = _run(
+            lambda **a: coupled_selective_scan(**a, impl="auto"), kw, W
+        )
+    assert _rel(y_t, y_r) < 1e-4 and _rel(h_t, h_r) < 1e-4
+    for name in g_r:
+        assert _rel(g_t[name], g_r[name]) < 1e-3, name
+
+
+@pytest.mark.gpu
+@gpu
+def test_gpu_bf16(make_scan_inputs):
+    kw = make_scan_inputs(M=3, Bt=2, D=64, N=16, L=300, dtype=torch.bfloat16, device="cuda")
+    y = coupled_selective_scan(**kw, delta_softplus=True, impl="triton")
+    kw32 = {k: v.detach().float() for k, v in kw.items()}
+    y32 = coupled_selective_scan_ref(**kw32, delta_softplus=True)
+    assert y.dtype == torch.bfloat16
+    assert _rel(y, y32) < 4 * torch.finfo(torch.bfloat16).eps
