@@ -7,7 +7,12 @@ real model layer (D skip, z gate, delta_bias, delta_softplus=True).
 
 The exp floor is the time of the M*B*L*D*N exponentials alone, at the rate torch.exp reaches on
 one thread (fp32, a 1 MiB tensor that stays in L2, written with out=, so the rate is the exp
-throughput and not memory bandwidth). A streaming 64 MiB tensor is also measured and reported.
+throughput and not memory bandwidth), timed for each point as many times as the scans. A
+streaming 64 MiB tensor is also measured once and reported.
+
+The cores are shared: for each (N, L, pass) every variant (impl x coupling, and the floor) is
+timed in shuffled rounds, and each gets the median over the rounds. Ratios then compare times
+taken under the same load.
 
 Usage:
     python benchmarks/bench_scan.py --out benchmarks/results/bench_scan_1t
@@ -24,6 +29,7 @@ import csv
 import datetime
 import json
 import platform
+import random
 import statistics
 import subprocess
 import time
@@ -89,13 +95,14 @@ def make_inputs(M, Bt, D, N, L, seed=0):
     )
 
 
-def time_impl(impl, kw, coupling, backward: bool, repeats: int) -> float:
+def scan_call(impl, kw, coupling, backward: bool):
+    """A no-argument callable running one forward (or forward + backward) of the scan."""
     if not backward:
         def fwd():
             with torch.no_grad():
                 coupled_selective_scan(**kw, coupling=coupling, delta_softplus=True, impl=impl)
 
-        return median_time(fwd, repeats)
+        return fwd
     leaves = {k: v.detach().requires_grad_(True) for k, v in kw.items()}
     gy = torch.randn_like(kw["u"])
 
@@ -105,7 +112,56 @@ def time_impl(impl, kw, coupling, backward: bool, repeats: int) -> float:
         y = coupled_selective_scan(**leaves, coupling=coupling, delta_softplus=True, impl=impl)
         y.backward(gy)
 
-    return median_time(fwd_bwd, repeats)
+    return fwd_bwd
+
+
+def exp_floor_call(elems: int):
+    """torch.exp over `elems` values in 1 MiB pieces (L2-resident): the floor, timed like a scan.
+
+    Returns (callable, scale): the floor time is the callable's time times scale.
+    """
+    n = 1 << 18
+    x, y = torch.randn(n) * 3, torch.empty(n)
+    k = max(1, round(elems / n))
+
+    def run():
+        for _ in range(k):
+            torch.exp(x, out=y)
+
+    return on_threads(1, run), elems / (k * n)
+
+
+def on_threads(n: int, fn):
+    """fn run with torch's thread count set to n (restored afterwards)."""
+    def run():
+        prev = torch.get_num_threads()
+        torch.set_num_threads(n)
+        try:
+            fn()
+        finally:
+            torch.set_num_threads(prev)
+
+    return run
+
+
+def round_robin(calls: dict, rounds: dict, warmup: int = 1) -> dict:
+    """Median time of each callable, timed in shuffled rounds so that all share the same load.
+
+    calls: name -> callable; rounds: name -> how many timed calls (slow ones get fewer).
+    """
+    rng = random.Random(0)
+    for fn in calls.values():
+        for _ in range(warmup):
+            fn()
+    times = {k: [] for k in calls}
+    for r in range(max(rounds.values())):
+        names = [k for k in calls if r < rounds[k]]
+        rng.shuffle(names)
+        for k in names:
+            t = time.perf_counter()
+            calls[k]()
+            times[k].append(time.perf_counter() - t)
+    return {k: statistics.median(v) for k, v in times.items()}
 
 
 def main(argv=None):
@@ -139,26 +195,39 @@ def main(argv=None):
         for L in args.Ls:
             kw = make_inputs(M, Bt, D, N, L)
             elems = M * Bt * D * N * L
-            floor = elems / rate
-            for coupling in COUPLINGS:
-                for impl in args.impls:
-                    reps = args.repeats if impl == "cpu" else args.slow_repeats
-                    for backward in (False, True):
-                        skipped = ""
+            for backward in (False, True):
+                pass_ = "fwd+bwd" if backward else "fwd"
+                calls, rounds, skipped = {}, {}, {}
+                floor_fn, scale = exp_floor_call(elems)
+                calls["floor"], rounds["floor"] = floor_fn, args.repeats
+                for coupling in COUPLINGS:
+                    for impl in args.impls:
+                        key = (impl, coupling)
                         if backward and impl != "cpu" and elems > args.max_autograd_elems:
-                            skipped = f"autograd memory (M*B*D*N*L = {elems:.2g})"
-                        t = float("nan") if skipped else time_impl(impl, kw, coupling,
-                                                                   backward, reps)
+                            skipped[key] = f"autograd memory (M*B*D*N*L = {elems:.2g})"
+                            continue
+                        calls[key] = scan_call(impl, kw, coupling, backward)
+                        rounds[key] = args.repeats if impl == "cpu" else args.slow_repeats
+                        if impl == "cpu" and args.threads > 1:  # the scaling reference
+                            calls[("cpu@1", coupling)] = on_threads(1, calls[key])
+                            rounds[("cpu@1", coupling)] = args.repeats
+                med = round_robin(calls, rounds)
+                floor = med.pop("floor") * scale
+                impls = list(args.impls) + (["cpu@1"] if ("cpu@1", "mean") in calls else [])
+                for coupling in COUPLINGS:
+                    for impl in impls:
+                        key = (impl, coupling)
+                        t = med.get(key, float("nan"))
                         rows.append(dict(
-                            N=N, L=L, coupling=coupling, impl=impl,
-                            pass_="fwd+bwd" if backward else "fwd", time_ms=t * 1e3,
-                            floor_ms=floor * 1e3, ratio_to_floor=t / floor,
-                            threads=args.threads, batch=Bt, M=M, D=D, repeats=reps,
-                            skipped=skipped,
+                            N=N, L=L, coupling=coupling, impl=impl, pass_=pass_,
+                            time_ms=t * 1e3, floor_ms=floor * 1e3, ratio_to_floor=t / floor,
+                            threads=args.threads, batch=Bt, M=M, D=D, repeats=rounds.get(key, 0),
+                            skipped=skipped.get(key, ""),
                         ))
-                        print(f"N={N:3d} L={L:5d} {coupling:5s} {impl:5s} "
-                              f"{rows[-1]['pass_']:8s} {t * 1e3:10.2f} ms"
-                              + (f"  [skipped: {skipped}]" if skipped else ""), flush=True)
+                        print(f"N={N:3d} L={L:5d} {coupling:5s} {impl:5s} {pass_:8s} "
+                              f"{t * 1e3:10.2f} ms  (floor {floor * 1e3:.2f} ms)"
+                              + (f"  [skipped: {skipped[key]}]" if key in skipped else ""),
+                              flush=True)
 
     def get(N, L, coupling, impl, pass_):
         for r in rows:
@@ -174,8 +243,9 @@ def main(argv=None):
             if r["coupling"] == "mean" else float("nan"))
 
     print()
-    print(f"exp rate (torch.exp, fp32, 1 thread): {rate / 1e9:.2f} G/s L2-resident "
-          f"(floor), {rates['stream_64MiB'] / 1e9:.2f} G/s streaming 64 MiB")
+    print(f"exp rate (torch.exp, fp32, 1 thread, measured once): {rate / 1e9:.2f} G/s "
+          f"L2-resident, {rates['stream_64MiB'] / 1e9:.2f} G/s streaming 64 MiB; the floors "
+          f"below are timed with each point")
     hdr = (f"{'N':>3} {'L':>5} {'coupling':8} {'floor':>7} | {'ref':>8} {'torch':>8} {'cpu':>7} "
            f"{'cpu/flr':>7} {'ref/cpu':>7} | {'ref':>9} {'torch':>8} {'cpu':>7} {'ref/cpu':>7} "
            f"| {'cpl/none':>8}")
@@ -187,7 +257,8 @@ def main(argv=None):
             for coupling in COUPLINGS:
                 f = {i: get(N, L, coupling, i, "fwd") for i in IMPLS}
                 b = {i: get(N, L, coupling, i, "fwd+bwd") for i in IMPLS}
-                floor = M * Bt * D * N * L / rate * 1e3
+                floor = next(r["floor_ms"] for r in rows
+                             if (r["N"], r["L"], r["pass_"]) == (N, L, "fwd"))
                 cn = (f"{f['cpu'] / get(N, L, 'none', 'cpu', 'fwd'):.2f},"
                       f"{b['cpu'] / get(N, L, 'none', 'cpu', 'fwd+bwd'):.2f}"
                       if coupling == "mean" else "")
@@ -195,6 +266,16 @@ def main(argv=None):
                       f"{f['torch']:8.2f} {f['cpu']:7.2f} {f['cpu'] / floor:7.2f} "
                       f"{f['ref'] / f['cpu']:7.1f} | {b['ref']:9.1f} {b['torch']:8.1f} "
                       f"{b['cpu']:7.2f} {b['ref'] / b['cpu']:7.1f} | {cn:>8}")
+
+    if args.threads > 1:
+        print(f"\ncpu path, {args.threads} threads vs 1 (same rounds): speedup")
+        for N in args.Ns:
+            for L in args.Ls:
+                for coupling in COUPLINGS:
+                    sp = [get(N, L, coupling, "cpu@1", p_) / get(N, L, coupling, "cpu", p_)
+                          for p_ in ("fwd", "fwd+bwd")]
+                    print(f"N={N:3d} L={L:5d} {coupling:5s} fwd {sp[0]:.2f}x  "
+                          f"fwd+bwd {sp[1]:.2f}x")
 
     meta = dict(
         date=datetime.datetime.now().isoformat(timespec="seconds"), machine=cpu_model(),

@@ -142,10 +142,9 @@ template <> inline void reduce_rows<float>(const float* acc, int64_t R, float* o
 #endif
 
 // ---------------------------------------------------------------------------------------------
-// 2^x. Round x to n, r = x - n in [-1/2, 1/2], 2^r by a polynomial, times 2^n. Inputs below
-// -125 (float) / -1021 (double) give 0 rather than a denormal (true values < 2e-38 / 5e-308;
-// denormals are slow and carry no information here); above the overflow threshold +inf; NaN
-// stays NaN.
+// 2^x. Round x to n, r = x - n, 2^r by a polynomial, times 2^n. Inputs below -125 (float) /
+// -1021 (double) give 0 rather than a denormal (true values < 2e-38 / 5e-308; denormals are slow
+// and carry no information here); above the overflow threshold +inf; NaN stays NaN.
 static inline VF poly_exp2(VF r) {
   // Near-minimax fit of 2^r on [-1/2, 1/2], max relative error 9.5e-8 in float arithmetic.
   VF p = bc<VF>(1.526723790448159e-4f);
@@ -185,9 +184,9 @@ static inline VD poly_exp2(VD r) {
 static inline VF vexp2(VF x) {
 #if SCAN_VBYTES == 64
   // r = x - floor(x) in [0, 1) exactly (vreduceps), 2^r by a polynomial, then scalef multiplies
-  // by 2^floor(x) itself: 10 operations with the argument's multiply. No upper clamp: x >= 128
-  // overflows to +inf in scalef; only x = +inf gives NaN (its reduction is undefined), which
-  // needs A > 0, outside the op's domain (SPEC: A < 0). x < -125 (or -inf) gives 0.
+  // by 2^floor(x) itself: 10 operations with the argument's multiply. No upper clamp is needed:
+  // x >= 128 (and +inf, whose reduction is 0) overflows to +inf in scalef; x < -125 (and -inf)
+  // gives 0; NaN stays NaN.
   const __m512 xv = (__m512)x;
   const __mmask16 keep = _mm512_cmp_ps_mask(xv, _mm512_set1_ps(-125.0f), _CMP_NLT_UQ);
   const VF r = (VF)_mm512_reduce_ps(xv, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
@@ -543,6 +542,13 @@ static void finish_rows_bwd(const Ctx<T>& c, Rows<T>& r, int64_t m, int64_t b, i
 // Scratch per task (elements): carry (channels x S), rows, then the mode-specific buffers.
 static int64_t round_up(int64_t x, int64_t k) { return (x + k - 1) / k * k; }
 
+// Elements of one packed B/C block of the rank-one kernels (see pack_bc): a time block holds at
+// most 512 KiB of B, C, dB, dC (chunks_per_block), so 256 KiB of packed B and C, or one chunk.
+static int64_t packed_block_elems(const ScanArgs& a) {
+  const int64_t one_chunk = a.T * a.Np * 2 * a.M;
+  return one_chunk > 65536 ? one_chunk : 65536;
+}
+
 static int64_t scratch_layout(const ScanArgs& a, bool backward, int64_t* rows_off,
                               int64_t* buf_off) {
   const int64_t S = a.mode == coupled_scan::kRank1 ? a.Np : a.M * a.Np;
@@ -550,12 +556,12 @@ static int64_t scratch_layout(const ScanArgs& a, bool backward, int64_t* rows_of
   *rows_off = off;
   off += round_up(a.M * kRowsPerM * a.T, 16);
   *buf_off = off;
-  // forward: G and h staging (2 M Np); backward: states (T + 1) x S, Abar T x M x Np, next
-  // dstate and dlast staging (2 M Np), dW accumulators (M M lanes)
-  const int64_t buf = backward
-                          ? (a.T + 1) * S + a.T * a.M * a.Np + 2 * a.M * a.Np +
-                                a.M * a.M * kMaxLanes
-                          : 2 * a.M * a.Np;
+  // forward: G, h staging and packed A (M Np each), packed B/C block;
+  // backward: states (T + 1) x S, Abar T x M x Np, dlast staging, packed A and dA (M Np each),
+  // dW accumulators (M M lanes), packed B/C and dB/dC blocks.
+  const int64_t buf = backward ? (a.T + 1) * S + a.T * a.M * a.Np + 4 * a.M * a.Np +
+                                     a.M * a.M * kMaxLanes + 2 * packed_block_elems(a)
+                               : 3 * a.M * a.Np + packed_block_elems(a);
   return off + round_up(buf, 16);
 }
 
@@ -565,6 +571,57 @@ static int64_t scratch_elems(const ScanArgs& a, bool backward) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Packed operands of the rank-one kernels. Inside the unrolled modality loop, separate pointers to
+// A, B, C of each modality would need more registers than x86-64 has (GCC then moves them through
+// vector registers, on the FMA ports). So a time block of B and C is copied once per batch row
+// into [step][n-vector][B | C][modality][lane], and A once per channel into
+// [n-vector][modality][lane]: one pointer each, with constant offsets per modality. The copies
+// are amortised over all channels (B, C) or all steps (A).
+template <typename T, int MG>
+static void pack_bc(const Ctx<T>& c, int64_t b, int64_t m0, int64_t tb0, int64_t tb1, T* dst) {
+  typedef typename VT<T>::V V;
+  const int W = VT<T>::W;
+  const int64_t nv = c.Np / W, SW = nv * 2 * MG * W;
+  for (int64_t t = tb0; t < tb1; ++t)
+    for (int mi = 0; mi < MG; ++mi) {
+      const T *Bs = c.Brow(m0 + mi, b, t), *Cs = c.Crow(m0 + mi, b, t);
+      T* q = dst + (t - tb0) * SW + mi * W;
+      for (int64_t v = 0; v < nv; ++v) {
+        st(q + v * 2 * MG * W, ld<V>(Bs + v * W));
+        st(q + (v * 2 + 1) * MG * W, ld<V>(Cs + v * W));
+      }
+    }
+}
+
+// The reverse of pack_bc for the gradients: dB, dC of the block += the packed accumulators.
+template <typename T, int MG>
+static void unpack_add_bc(const Ctx<T>& c, const TaskRange& r, int64_t b, int64_t m0,
+                          int64_t tb0, int64_t tb1, const T* src) {
+  typedef typename VT<T>::V V;
+  const int W = VT<T>::W;
+  const int64_t nv = c.Np / W, SW = nv * 2 * MG * W;
+  for (int64_t t = tb0; t < tb1; ++t)
+    for (int mi = 0; mi < MG; ++mi) {
+      T* dBs = c.dB + c.dbc_off(r, m0 + mi, b, t);
+      T* dCs = c.dC + c.dbc_off(r, m0 + mi, b, t);
+      const T* q = src + (t - tb0) * SW + mi * W;
+      for (int64_t v = 0; v < nv; ++v) {
+        add_to(dBs + v * W, ld<V>(q + v * 2 * MG * W));
+        add_to(dCs + v * W, ld<V>(q + (v * 2 + 1) * MG * W));
+      }
+    }
+}
+
+template <typename T, int MG>
+static inline void pack_a(const Ctx<T>& c, int64_t m0, int64_t d, T* dst) {
+  typedef typename VT<T>::V V;
+  const int W = VT<T>::W;
+  for (int mi = 0; mi < MG; ++mi) {
+    const T* Am = c.Arow(m0 + mi, d);
+    for (int64_t v = 0; v < c.Np / W; ++v) st(dst + (v * MG + mi) * W, ld<V>(Am + v * W));
+  }
+}
+
 // Forward, rank one, MG modalities [m0, m0 + MG) (MG = 1: "none", one modality at a time).
 // Carries S = sum_m h[m]; h[t][m] = Abar[t][m] G + bbar[t][m] with G = (w / MG) S[t-1].
 // The modality loop is innermost, so S and the y accumulators stay in registers.
@@ -573,7 +630,7 @@ static void fwd_rank1(const Ctx<T>& c, const TaskRange& r, int64_t b, int64_t m0
                       T* carry, int64_t cstride, int64_t soff, T* rows, T* buf) {
   typedef typename VT<T>::V V;
   const int W = VT<T>::W;
-  const int64_t Np = c.Np, N = c.N, Tn = c.T_, L = c.L;
+  const int64_t Np = c.Np, N = c.N, Tn = c.T_, L = c.L, nv = Np / W, SW = nv * 2 * MG * W;
   for (int64_t d = r.d0; d < r.d1; ++d) {
     T* Sd = carry + (d - r.d0) * cstride;
     for (int64_t n = 0; n < Np; ++n) Sd[n] = T(0);
@@ -583,70 +640,74 @@ static void fwd_rank1(const Ctx<T>& c, const TaskRange& r, int64_t b, int64_t m0
         for (int64_t n = 0; n < N; ++n) Sd[n] += h0[n];
       }
   }
-  T* Glast = buf;  // G of step L-1, for the last state
+  T* Glast = buf;              // G of step L-1, for the last state
+  T* hl = Glast + c.M * Np;    // last-state staging
+  T* Ap = hl + c.M * Np;       // packed A of the channel
+  T* pbc = Ap + c.M * Np;      // packed B, C of the time block
   Rows<T> rw[MG];
   for (int mi = 0; mi < MG; ++mi) rw[mi] = rows_at(rows, mi, Tn);
   const int64_t CB = chunks_per_block(c, MG);
-  for (int64_t cb0 = 0; cb0 < c.a.nchunks; cb0 += CB)
-  for (int64_t d = r.d0; d < r.d1; ++d)
-  for (int64_t ch = cb0, cb1 = imin(cb0 + CB, c.a.nchunks); ch < cb1; ++ch) {
-    const int64_t t0 = ch * Tn, Tc = (L - t0 < Tn) ? L - t0 : Tn;
-    {
+  for (int64_t cb0 = 0; cb0 < c.a.nchunks; cb0 += CB) {
+    const int64_t cb1 = imin(cb0 + CB, c.a.nchunks), tb0 = cb0 * Tn, tb1 = imin(cb1 * Tn, L);
+    pack_bc<T, MG>(c, b, m0, tb0, tb1, pbc);
+    for (int64_t d = r.d0; d < r.d1; ++d) {
       T* Sd = carry + (d - r.d0) * cstride;
-      if (c.saved) {
-        T* sv = c.saved_at(b, d, ch) + soff;
-        for (int64_t n = 0; n < Np; ++n) sv[n] = Sd[n];
-      }
-      const T* Am[MG];
-      for (int mi = 0; mi < MG; ++mi) {
-        prefetch_next(c, r, m0 + mi, b, d, ch, cb0, cb1, false);
-        prep_rows(c, rw[mi], m0 + mi, b, d, t0, Tc, false);
-        Am[mi] = c.Arow(m0 + mi, d);
-      }
-      for (int64_t j = 0; j < Tc; ++j) {
-        const int64_t t = t0 + j;
-        if (t == L - 1)
-          for (int64_t v = 0; v < Np; v += W) st(Glast + v, MG == 1 ? ld<V>(Sd + v) : wM * ld<V>(Sd + v));
-        V dtm[MG], dtum[MG];
-        const T *Bj[MG], *Cj[MG];
-        V acc[MG];
-        for (int mi = 0; mi < MG; ++mi) {
-          dtm[mi] = bcl<V>(rw[mi].dt + j);
-          dtum[mi] = bcl<V>(rw[mi].dtu + j);
-          Bj[mi] = c.Brow(m0 + mi, b, t);
-          Cj[mi] = c.Crow(m0 + mi, b, t);
-          acc[mi] = bc<V>(T(0));
+      pack_a<T, MG>(c, m0, d, Ap);
+      for (int64_t ch = cb0; ch < cb1; ++ch) {
+        const int64_t t0 = ch * Tn, Tc = (L - t0 < Tn) ? L - t0 : Tn;
+        if (c.saved) {
+          T* sv = c.saved_at(b, d, ch) + soff;
+          for (int64_t n = 0; n < Np; ++n) sv[n] = Sd[n];
         }
-        for (int64_t v = 0; v < Np; v += W) {
-          V G = ld<V>(Sd + v);
-          if (MG > 1) G = wM * G;
-          V Sn = bc<V>(T(0));
+        for (int mi = 0; mi < MG; ++mi) {
+          prefetch_next(c, r, m0 + mi, b, d, ch, cb0, cb1, false);
+          prep_rows(c, rw[mi], m0 + mi, b, d, t0, Tc, false);
+        }
+        for (int64_t j = 0; j < Tc; ++j) {
+          const int64_t t = t0 + j;
+          if (t == L - 1)
+            for (int64_t v = 0; v < Np; v += W)
+              st(Glast + v, MG == 1 ? ld<V>(Sd + v) : wM * ld<V>(Sd + v));
+          V dtm[MG], dtum[MG], acc[MG];
           for (int mi = 0; mi < MG; ++mi) {
-            const V a = vexp2(dtm[mi] * ld<V>(Am[mi] + v));
-            const V h = a * G + dtum[mi] * ld<V>(Bj[mi] + v);
-            acc[mi] += ld<V>(Cj[mi] + v) * h;
-            Sn = mi == 0 ? h : Sn + h;
+            dtm[mi] = bcl<V>(rw[mi].dt + j);
+            dtum[mi] = bcl<V>(rw[mi].dtu + j);
+            acc[mi] = bc<V>(T(0));
           }
-          st(Sd + v, Sn);
+          const T* q = pbc + (t - tb0) * SW;
+          for (int64_t v = 0; v < nv; ++v) {
+            const T *qv = q + v * 2 * MG * W, *av = Ap + v * MG * W;
+            V G = ld<V>(Sd + v * W);
+            if (MG > 1) G = wM * G;
+            V Sn = bc<V>(T(0));
+            for (int mi = 0; mi < MG; ++mi) {
+              const V a = vexp2(dtm[mi] * ld<V>(av + mi * W));
+              const V h = a * G + dtum[mi] * ld<V>(qv + mi * W);
+              acc[mi] += ld<V>(qv + (MG + mi) * W) * h;
+              Sn = mi == 0 ? h : Sn + h;
+            }
+            st(Sd + v * W, Sn);
+          }
+          for (int mi = 0; mi < MG; ++mi) st(rw[mi].acc_y + j * W, acc[mi]);
         }
-        for (int mi = 0; mi < MG; ++mi) st(rw[mi].acc_y + j * W, acc[mi]);
-      }
-      for (int mi = 0; mi < MG; ++mi) finish_rows_fwd(c, rw[mi], m0 + mi, b, d, t0, Tc);
-      if (t0 + Tc == L) {
-        // Last state per modality: the carry itself for one modality, else recompute
-        // h[L-1][m] = Abar G + bbar from G of the last step (one step of exps per unit).
-        for (int mi = 0; mi < MG; ++mi) {
-          T* out = c.last + c.st_off(m0 + mi, b, d);
-          if (MG == 1) {
-            for (int64_t n = 0; n < N; ++n) out[n] = Sd[n];
-            continue;
+        for (int mi = 0; mi < MG; ++mi) finish_rows_fwd(c, rw[mi], m0 + mi, b, d, t0, Tc);
+        if (t0 + Tc == L) {
+          // Last state per modality: the carry itself for one modality, else recompute
+          // h[L-1][m] = Abar G + bbar from G of the last step (one step of exps per unit).
+          for (int mi = 0; mi < MG; ++mi) {
+            T* out = c.last + c.st_off(m0 + mi, b, d);
+            if (MG == 1) {
+              for (int64_t n = 0; n < N; ++n) out[n] = Sd[n];
+              continue;
+            }
+            const V dtm = bcl<V>(rw[mi].dt + Tc - 1), dtum = bcl<V>(rw[mi].dtu + Tc - 1);
+            const T* q = pbc + (L - 1 - tb0) * SW;
+            for (int64_t v = 0; v < nv; ++v) {
+              const V a = vexp2(dtm * ld<V>(Ap + (v * MG + mi) * W));
+              st(hl + v * W, a * ld<V>(Glast + v * W) + dtum * ld<V>(q + (v * 2 * MG + mi) * W));
+            }
+            for (int64_t n = 0; n < N; ++n) out[n] = hl[n];
           }
-          const T dtm = rw[mi].dt[Tc - 1], dtum = rw[mi].dtu[Tc - 1];
-          const T* Bj = c.Brow(m0 + mi, b, L - 1);
-          T* hl = buf + Np;
-          for (int64_t v = 0; v < Np; v += W)
-            st(hl + v, vexp2(dtm * ld<V>(Am[mi] + v)) * ld<V>(Glast + v) + dtum * ld<V>(Bj + v));
-          for (int64_t n = 0; n < N; ++n) out[n] = hl[n];
         }
       }
     }
@@ -727,49 +788,43 @@ static void fwd_general(const Ctx<T>& c, const TaskRange& r, int64_t b, T* carry
 //   dAbar    = dh G (G = (w / MG) S[t-1]);  dbbar = dh
 // then the chain rule through Abar = 2^(dt A2), bbar = dt B u.
 template <typename T, int MG, bool WITH_DLAST>
-static inline void bwd_rank1_step(const Ctx<T>& c, const TaskRange& r, int64_t b, int64_t d,
-                                  int64_t m0, T wM, int64_t t, int64_t j, Rows<T>* rw,
-                                  const T* const* Am, T* const* dAm, const T* Sp, const T* Ab,
-                                  T* dS, const T* dl) {
+static inline void bwd_rank1_step(const Ctx<T>& c, T wM, int64_t j, Rows<T>* rw, const T* q,
+                                  T* dq, const T* Ap, T* dAp, const T* Sp, const T* Ab, T* dS,
+                                  const T* dl) {
   typedef typename VT<T>::V V;
   const int W = VT<T>::W;
-  const int64_t Np = c.Np;
-  V dym[MG], dtm[MG], dtum[MG];
-  const T *Bj[MG], *Cj[MG];
-  T *dBj[MG], *dCj[MG];
-  V s1[MG], s2[MG], ya[MG];
+  const int64_t nv = c.Np / W;
+  V dym[MG], dtm[MG], dtum[MG], s1[MG], s2[MG], ya[MG];
   for (int mi = 0; mi < MG; ++mi) {
     dym[mi] = bcl<V>(rw[mi].dy + j);
     dtm[mi] = bcl<V>(rw[mi].dt + j);
     dtum[mi] = bcl<V>(rw[mi].dtu + j);
-    Bj[mi] = c.Brow(m0 + mi, b, t);
-    Cj[mi] = c.Crow(m0 + mi, b, t);
-    dBj[mi] = c.dB + c.dbc_off(r, m0 + mi, b, t);
-    dCj[mi] = c.dC + c.dbc_off(r, m0 + mi, b, t);
     s1[mi] = s2[mi] = ya[mi] = bc<V>(T(0));
   }
-  for (int64_t v = 0; v < Np; v += W) {
-    V G = ld<V>(Sp + v);
+  for (int64_t v = 0; v < nv; ++v) {
+    const T *qv = q + v * 2 * MG * W, *av = Ap + v * MG * W, *abv = Ab + v * MG * W;
+    T *dqv = dq + v * 2 * MG * W, *dav = dAp + v * MG * W;
+    V G = ld<V>(Sp + v * W);
     if (MG > 1) G = wM * G;
-    const V dSv = ld<V>(dS + v);
+    const V dSv = ld<V>(dS + v * W);
     V dGa = bc<V>(T(0));
     for (int mi = 0; mi < MG; ++mi) {
-      const V a = ld<V>(Ab + mi * Np + v);
-      const V Bv = ld<V>(Bj[mi] + v), Cv = ld<V>(Cj[mi] + v);
+      const V a = ld<V>(abv + mi * W);
+      const V Bv = ld<V>(qv + mi * W), Cv = ld<V>(qv + (MG + mi) * W);
       V dh = dSv + dym[mi] * Cv;
-      if (WITH_DLAST) dh += ld<V>(dl + mi * Np + v);
+      if (WITH_DLAST) dh += ld<V>(dl + mi * c.Np + v * W);
       const V h = a * G + dtum[mi] * Bv;
-      add_to(dCj[mi] + v, dym[mi] * h);
+      add_to(dqv + (MG + mi) * W, dym[mi] * h);  // dC
       ya[mi] += Cv * h;
-      add_to(dBj[mi] + v, dh * dtum[mi]);
+      add_to(dqv + mi * W, dh * dtum[mi]);  // dB
       s1[mi] += dh * Bv;
       const V dha = dh * a;
       const V da = dha * G;  // d loss / d(dt A) = dAbar Abar
-      add_to(dAm[mi] + v, da * dtm[mi]);
-      s2[mi] += da * ld<V>(Am[mi] + v);
+      add_to(dav + mi * W, da * dtm[mi]);
+      s2[mi] += da * ld<V>(av + mi * W);
       dGa += dha;
     }
-    st(dS + v, MG > 1 ? wM * dGa : dGa);
+    st(dS + v * W, MG > 1 ? wM * dGa : dGa);
   }
   for (int mi = 0; mi < MG; ++mi) {
     st(rw[mi].acc_1 + j * W, s1[mi]);
@@ -783,10 +838,14 @@ static void bwd_rank1(const Ctx<T>& c, const TaskRange& r, int64_t b, int64_t m0
                       T* carry, int64_t cstride, int64_t soff, T* rows, T* buf) {
   typedef typename VT<T>::V V;
   const int W = VT<T>::W;
-  const int64_t Np = c.Np, N = c.N, Tn = c.T_, L = c.L;
+  const int64_t Np = c.Np, N = c.N, Tn = c.T_, L = c.L, nv = Np / W, SW = nv * 2 * MG * W;
   T* Sbuf = buf;                        // (T + 1) x Np: S[t0 - 1 .. t0 + Tc - 1]
-  T* Abuf = Sbuf + (Tn + 1) * Np;       // T x MG x Np
-  T* dl = Abuf + Tn * MG * Np;          // MG x Np: dlast, padded
+  T* Abuf = Sbuf + (Tn + 1) * c.S;      // T x [n-vector][modality][lane]: Abar
+  T* dl = Abuf + Tn * c.M * Np;         // MG x Np: dlast, padded
+  T* Ap = dl + c.M * Np;                // packed A and dA of the channel
+  T* dAp = Ap + c.M * Np;
+  T* pbc = dAp + 2 * c.M * Np + c.M * c.M * kMaxLanes;  // packed B, C and dB, dC of the block
+  T* pdbc = pbc + packed_block_elems(c.a);
   Rows<T> rw[MG];
   for (int mi = 0; mi < MG; ++mi) rw[mi] = rows_at(rows, mi, Tn);
   for (int64_t d = r.d0; d < r.d1; ++d) {
@@ -794,68 +853,74 @@ static void bwd_rank1(const Ctx<T>& c, const TaskRange& r, int64_t b, int64_t m0
     for (int64_t n = 0; n < Np; ++n) dS[n] = T(0);
   }
   const int64_t CB = chunks_per_block(c, MG);
-  for (int64_t cb1 = c.a.nchunks; cb1 > 0; cb1 -= CB)
-  for (int64_t d = r.d0; d < r.d1; ++d)
-  for (int64_t cb0 = imax(cb1 - CB, int64_t(0)), ch = cb1 - 1; ch >= cb0; --ch) {
-    const int64_t t0 = ch * Tn, Tc = (L - t0 < Tn) ? L - t0 : Tn;
-    {
+  for (int64_t cb1 = c.a.nchunks; cb1 > 0; cb1 -= CB) {
+    const int64_t cb0 = imax(cb1 - CB, int64_t(0)), tb0 = cb0 * Tn, tb1 = imin(cb1 * Tn, L);
+    pack_bc<T, MG>(c, b, m0, tb0, tb1, pbc);
+    for (int64_t i = 0; i < (tb1 - tb0) * SW; ++i) pdbc[i] = T(0);
+    for (int64_t d = r.d0; d < r.d1; ++d) {
       T* dS = carry + (d - r.d0) * cstride;
-      const T* Am[MG];
-      T* dAm[MG];
-      for (int mi = 0; mi < MG; ++mi) {
-        prefetch_next(c, r, m0 + mi, b, d, ch, cb0, cb1, true);
-        prep_rows(c, rw[mi], m0 + mi, b, d, t0, Tc, true);
-        Am[mi] = c.Arow(m0 + mi, d);
-        dAm[mi] = c.dArow(r, m0 + mi, d);
-      }
-      // Recompute S over the chunk (and keep Abar) from the state saved at its start.
-      const T* sv = c.saved_at(b, d, ch) + soff;
-      for (int64_t n = 0; n < Np; ++n) Sbuf[n] = sv[n];
-      for (int64_t j = 0; j < Tc; ++j) {
-        const int64_t t = t0 + j;
-        const T* Sp = Sbuf + j * Np;
-        T* Sn = Sbuf + (j + 1) * Np;
-        T* Ab = Abuf + j * MG * Np;
-        V dtm[MG], dtum[MG];
-        const T* Bj[MG];
+      pack_a<T, MG>(c, m0, d, Ap);
+      for (int64_t i = 0; i < MG * Np; ++i) dAp[i] = T(0);
+      for (int64_t ch = cb1 - 1; ch >= cb0; --ch) {
+        const int64_t t0 = ch * Tn, Tc = (L - t0 < Tn) ? L - t0 : Tn;
         for (int mi = 0; mi < MG; ++mi) {
-          dtm[mi] = bcl<V>(rw[mi].dt + j);
-          dtum[mi] = bcl<V>(rw[mi].dtu + j);
-          Bj[mi] = c.Brow(m0 + mi, b, t);
+          prefetch_next(c, r, m0 + mi, b, d, ch, cb0, cb1, true);
+          prep_rows(c, rw[mi], m0 + mi, b, d, t0, Tc, true);
         }
-        for (int64_t v = 0; v < Np; v += W) {
-          V G = ld<V>(Sp + v);
-          if (MG > 1) G = wM * G;
-          V s = bc<V>(T(0));
+        // Recompute S over the chunk (and keep Abar) from the state saved at its start.
+        const T* sv = c.saved_at(b, d, ch) + soff;
+        for (int64_t n = 0; n < Np; ++n) Sbuf[n] = sv[n];
+        for (int64_t j = 0; j < Tc; ++j) {
+          const T* Sp = Sbuf + j * Np;
+          T* Sn = Sbuf + (j + 1) * Np;
+          T* Ab = Abuf + j * MG * Np;
+          const T* q = pbc + (t0 + j - tb0) * SW;
+          V dtm[MG], dtum[MG];
           for (int mi = 0; mi < MG; ++mi) {
-            const V a = vexp2(dtm[mi] * ld<V>(Am[mi] + v));
-            st(Ab + mi * Np + v, a);
-            const V h = a * G + dtum[mi] * ld<V>(Bj[mi] + v);
-            s = mi == 0 ? h : s + h;
+            dtm[mi] = bcl<V>(rw[mi].dt + j);
+            dtum[mi] = bcl<V>(rw[mi].dtu + j);
           }
-          st(Sn + v, s);
+          for (int64_t v = 0; v < nv; ++v) {
+            V G = ld<V>(Sp + v * W);
+            if (MG > 1) G = wM * G;
+            V s = bc<V>(T(0));
+            for (int mi = 0; mi < MG; ++mi) {
+              const V a = vexp2(dtm[mi] * ld<V>(Ap + (v * MG + mi) * W));
+              st(Ab + (v * MG + mi) * W, a);
+              const V h = a * G + dtum[mi] * ld<V>(q + (v * 2 * MG + mi) * W);
+              s = mi == 0 ? h : s + h;
+            }
+            st(Sn + v * W, s);
+          }
         }
-      }
-      // Reverse over the chunk.
-      for (int64_t j = Tc - 1; j >= 0; --j) {
-        const int64_t t = t0 + j;
-        const T* Sp = Sbuf + j * Np;
-        const T* Ab = Abuf + j * MG * Np;
-        if (t == L - 1 && c.dlast) {
-          for (int mi = 0; mi < MG; ++mi) {
-            const T* src = c.dlast + c.st_off(m0 + mi, b, d);
-            for (int64_t n = 0; n < Np; ++n) dl[mi * Np + n] = n < N ? src[n] : T(0);
+        // Reverse over the chunk.
+        for (int64_t j = Tc - 1; j >= 0; --j) {
+          const int64_t t = t0 + j;
+          const T* q = pbc + (t - tb0) * SW;
+          T* dq = pdbc + (t - tb0) * SW;
+          const T *Sp = Sbuf + j * Np, *Ab = Abuf + j * MG * Np;
+          if (t == L - 1 && c.dlast) {
+            for (int mi = 0; mi < MG; ++mi) {
+              const T* src = c.dlast + c.st_off(m0 + mi, b, d);
+              for (int64_t n = 0; n < Np; ++n) dl[mi * Np + n] = n < N ? src[n] : T(0);
+            }
+            bwd_rank1_step<T, MG, true>(c, wM, j, rw, q, dq, Ap, dAp, Sp, Ab, dS, dl);
+          } else {
+            bwd_rank1_step<T, MG, false>(c, wM, j, rw, q, dq, Ap, dAp, Sp, Ab, dS, dl);
           }
-          bwd_rank1_step<T, MG, true>(c, r, b, d, m0, wM, t, j, rw, Am, dAm, Sp, Ab, dS, dl);
-        } else {
-          bwd_rank1_step<T, MG, false>(c, r, b, d, m0, wM, t, j, rw, Am, dAm, Sp, Ab, dS, dl);
+        }
+        for (int mi = 0; mi < MG; ++mi) {
+          const int64_t m = m0 + mi;
+          finish_rows_bwd(c, rw[mi], m, b, d, t0, Tc, c.dD + c.md(r, m, d),
+                          c.dbias + c.md(r, m, d));
         }
       }
       for (int mi = 0; mi < MG; ++mi) {
-        const int64_t m = m0 + mi;
-        finish_rows_bwd(c, rw[mi], m, b, d, t0, Tc, c.dD + c.md(r, m, d), c.dbias + c.md(r, m, d));
+        T* dAm = c.dArow(r, m0 + mi, d);
+        for (int64_t v = 0; v < nv; ++v) add_to(dAm + v * W, ld<V>(dAp + (v * MG + mi) * W));
       }
     }
+    unpack_add_bc<T, MG>(c, r, b, m0, tb0, tb1, pdbc);
   }
   // S[-1] = sum_m h0[m], so every h0[m] receives dS[-1].
   if (c.dinit)
