@@ -163,3 +163,18 @@ def test_extension_modules_add_commands(monkeypatch, capsys):
     monkeypatch.setattr(cli.importlib.util, "find_spec",
                         lambda name: object() if name in sys.modules else None)
     assert cli.main(["hello", "--n", "3"]) == 0 and calls == [3]
+
+
+def test_evaluate_missing_rate_reuses_the_training_masks(tmp_path, npz_data, capsys):
+    """A run trained and tested at missing rate r, evaluated with --missing-rate r, sees the same
+    test masks, hence the same metrics; without --missing-rate the metrics differ."""
+    data, run = npz_data("regression"), tmp_path / "run"
+    assert cli.main(["train", "--data", data, "--out", str(run), "--missing-rate", "0.4",
+                     *_sets(epochs=1)]) == 0
+    trained = json.loads((run / "metrics.json").read_text())["test"]
+    assert cli.main(["evaluate", "--run", str(run), "--data", data, "--missing-rate", "0.4"]) == 0
+    again = json.loads((run / "evaluate_test.json").read_text())["metrics"]
+    assert again == pytest.approx(trained, nan_ok=True)
+    assert cli.main(["evaluate", "--run", str(run), "--data", data]) == 0
+    full = json.loads((run / "evaluate_test.json").read_text())["metrics"]
+    assert full["Loss"] != trained["Loss"]

@@ -21,6 +21,10 @@ import numpy as np
 
 from .config import DataConfig
 
+# Seed offsets of the missing-modality masks per split: independent draws per split, and the
+# same masks whether a split is prepared for training or for `evaluate --missing-rate`.
+MISSING_SEED_OFFSET = {"train": 0, "valid": 1, "test": 2}
+
 METRIC_FAMILIES_BY_TASK = {
     "regression": ("mosi", "mosei", "sims", "simsv2", "regression"),
     "classification": ("classification",),
@@ -111,13 +115,16 @@ def prepare_loaded(data, cfg: DataConfig, seed: int) -> PreparedData:
     if cfg.missing_rate_train > 0 or cfg.missing_rate_test > 0:
         from coupled_mamba.data import apply_missing
 
-        # Distinct seeds per split so train/valid/test masks are independent draws.
+        off = MISSING_SEED_OFFSET
         if cfg.missing_rate_train > 0:
-            train = apply_missing(train, cfg.missing_rate_train, missing_seed, names)
+            train = apply_missing(train, cfg.missing_rate_train, missing_seed + off["train"],
+                                  names)
         if cfg.missing_rate_test > 0:
-            valid = apply_missing(valid, cfg.missing_rate_test, missing_seed + 1, names)
+            valid = apply_missing(valid, cfg.missing_rate_test, missing_seed + off["valid"],
+                                  names)
             if test is not None:
-                test = apply_missing(test, cfg.missing_rate_test, missing_seed + 2, names)
+                test = apply_missing(test, cfg.missing_rate_test, missing_seed + off["test"],
+                                     names)
         notes.append(f"missing modalities: rate {cfg.missing_rate_train} on train, "
                      f"{cfg.missing_rate_test} on valid/test (seed {missing_seed})")
     dims = data.input_dims

@@ -63,9 +63,12 @@ def resolve_device(name: str) -> torch.device:
         if not torch.cuda.is_available():
             raise ValueError(f"device {name!r} requested but CUDA is not available "
                              "(use --device cpu)")
-        if name == "cuda" and launched_distributed():
-            name = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
-        dev = torch.device(name)
+        if name == "cuda":  # an explicit index: torch.cuda.set_device refuses a bare "cuda"
+            index = (int(os.environ.get("LOCAL_RANK", 0)) if launched_distributed()
+                     else torch.cuda.current_device())
+            dev = torch.device("cuda", index)
+        else:
+            dev = torch.device(name)
         torch.cuda.set_device(dev)
         return dev
     return torch.device(name)

@@ -18,6 +18,7 @@ Run directory layout (rank 0 writes everything)::
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import math
 import os
@@ -34,8 +35,8 @@ import yaml
 
 from coupled_mamba.metrics import summarize
 
-from .config import ExperimentConfig, build_model_config
-from .data_prep import PreparedData, check_compatible, prepare_data
+from .config import DATA_DERIVED_MODEL_KEYS, ExperimentConfig, build_model_config
+from .data_prep import MISSING_SEED_OFFSET, PreparedData, check_compatible, prepare_data
 from .distributed import DistInfo, barrier, init_distributed, resolve_device
 from .trainer import Trainer, check_selection, loss_function, selection_key
 
@@ -73,6 +74,21 @@ def build_model(cfg: ExperimentConfig, prepared: PreparedData) -> torch.nn.Modul
     config = build_model_config(cfg.model, prepared.input_dims, prepared.modality_names,
                                 prepared.task, prepared.num_outputs)
     return create_model(cfg.model.name, config)
+
+
+def resolve_model_section(cfg: ExperimentConfig, prepared: PreparedData) -> ExperimentConfig:
+    """A copy of ``cfg`` whose model section lists every model hyperparameter actually used:
+    the config's defaults, the user's values and the fields the registry name fixes (e.g.
+    ``coupling: none`` for mamba_fusion). Raises ValueError for unknown keys or values."""
+    from coupled_mamba.models import model_entry
+
+    mc = build_model_config(cfg.model, prepared.input_dims, prepared.modality_names,
+                            prepared.task, prepared.num_outputs)
+    params = {k: v for k, v in mc.to_dict().items() if k not in DATA_DERIVED_MODEL_KEYS}
+    params.update(model_entry(cfg.model.name).overrides)
+    out = copy.deepcopy(cfg)
+    out.model.params = params
+    return out
 
 
 def _log(msg: str, dist: DistInfo) -> None:
@@ -151,20 +167,18 @@ def train_run(cfg: ExperimentConfig, out_dir: str | Path | None, *, resume: bool
     t = cfg.train
     device = resolve_device(t.device)
     dist = init_distributed(device)
-    if out is not None:
-        if resume:
-            _check_resume_config(out, cfg)
-        elif _run_dir_state(out) and not overwrite:
-            raise ValueError(f"{out} already holds a run; add --resume to continue it, or "
-                             "choose another --out")
+    if out is not None and not resume and _run_dir_state(out) and not overwrite:
+        raise ValueError(f"{out} already holds a run; add --resume to continue it, or choose "
+                         "another --out")
     # Every check that can fail on the user's input runs before anything is written.
     if prepared is None:
         prepared = prepare_data(cfg.data, seed=t.seed)
     if builder is build_model:
-        build_model_config(cfg.model, prepared.input_dims, prepared.modality_names,
-                           prepared.task, prepared.num_outputs)
+        cfg = resolve_model_section(cfg, prepared)
     loss_function(prepared.task, t.loss)
     check_selection(t.select_on, prepared.metric_family, prepared.task, prepared.train.labels)
+    if out is not None and resume:
+        _check_resume_config(out, cfg)
     if out is not None:
         if dist.is_main:
             out.mkdir(parents=True, exist_ok=True)
@@ -276,16 +290,12 @@ def _load_model(seed_dir: Path, device: torch.device) -> torch.nn.Module:
     return from_pretrained(str(seed_dir / "best")).to(device).eval()
 
 
-def _run_data(cfg: ExperimentConfig, data_path, missing_rate: float | None,
-              missing_seed: int | None) -> PreparedData:
+def _run_data(cfg: ExperimentConfig, data_path) -> PreparedData:
+    """The data at ``data_path`` read with the run's data settings, without missing-modality
+    masks (evaluate applies its own)."""
     dcfg = cfg.data
     dcfg.path = str(data_path)
-    if missing_rate is not None:
-        dcfg.missing_rate_train, dcfg.missing_rate_test = 0.0, missing_rate
-    else:
-        dcfg.missing_rate_train = 0.0
-    if missing_seed is not None:
-        dcfg.missing_seed = missing_seed
+    dcfg.missing_rate_train = dcfg.missing_rate_test = 0.0
     return prepare_data(dcfg, seed=cfg.train.seed)
 
 
@@ -309,11 +319,20 @@ def evaluate_run(run_dir: str | Path, data_path: str | Path, *, split: str = "te
     """
     cfg, seed_dirs = load_run(run_dir)
     cfg.train.device, cfg.train.progress = device, False
-    prepared = _run_data(cfg, data_path, missing_rate, missing_seed)
+    prepared = _run_data(cfg, data_path)
     splits = prepared.splits()
     if split not in splits:
         raise ValueError(f"--split {split}: the data at {data_path} has splits "
                          f"{', '.join(splits)}")
+    if missing_rate:
+        from coupled_mamba.data import apply_missing
+
+        # Same seeds as training uses for this split, so a run trained with
+        # missing_rate_test = r is evaluated on the very same masks.
+        base = missing_seed if missing_seed is not None else (
+            cfg.data.missing_seed if cfg.data.missing_seed is not None else cfg.train.seed)
+        splits[split] = apply_missing(splits[split], missing_rate,
+                                      base + MISSING_SEED_OFFSET[split], prepared.modality_names)
     dev = resolve_device(device)
     per_seed = {}
     with deterministic_mode(cfg.train.deterministic):
@@ -348,7 +367,7 @@ def predict_run(run_dir: str | Path, data_path: str | Path, out_csv: str | Path,
         if not seed_dirs:
             raise ValueError(f"--seed {seed}: {run_dir} has no trained seed {seed}")
     cfg.train.device, cfg.train.progress = device, False
-    prepared = _run_data(cfg, data_path, None, None)
+    prepared = _run_data(cfg, data_path)
     splits = prepared.splits()
     names = list(splits) if split == "all" else [split]
     for s in names:
