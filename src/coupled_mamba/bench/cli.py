@@ -28,6 +28,11 @@ int_list = _number_list(int, "integers")  # "50,250,1000" -> [50, 250, 1000] (ar
 float_list = _number_list(float, "numbers")  # "0,0.5" -> [0.0, 0.5]
 
 
+def _joined(values) -> str:
+    """A list default as the user types it (for help texts)."""
+    return ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in values)
+
+
 def str_list(text: str) -> list[str]:
     """``"a,b"`` -> ["a", "b"] (argparse type)."""
     return [x.strip() for x in text.split(",") if x.strip()]
@@ -40,16 +45,16 @@ def add_efficiency_arguments(p: argparse.ArgumentParser) -> None:
 
     d = p.add_argument_group("what to measure")
     d.add_argument("--lengths", type=int_list, default=list(DEFAULT_LENGTHS), metavar="L,L,...",
-                   help="sequence lengths (default %(default)s)")
+                   help=f"sequence lengths (default {_joined(DEFAULT_LENGTHS)})")
     d.add_argument("--variants", type=str_list, default=list(DEFAULT_VARIANTS),
-                   metavar="NAME,...", help=f"models to compare, from {sorted(VARIANTS)} "
-                   "(default %(default)s)")
+                   metavar="NAME,...", help=f"models to compare, from {_joined(sorted(VARIANTS))} "
+                   f"(default {_joined(DEFAULT_VARIANTS)})")
     d.add_argument("--modes", type=str_list, default=["infer", "train"], metavar="MODE,...",
-                   help="infer (forward) and/or train (fwd+bwd+Adam step) (default %(default)s)")
+                   help="infer (forward) and/or train (fwd+bwd+Adam step) (default infer,train)")
     d.add_argument("--batch", type=int, default=2, help="batch size B (default %(default)s)")
     d.add_argument("--input-dims", type=int_list, default=list(DEFAULT_INPUT_DIMS),
                    metavar="D,D,...", help="input width per modality; M = their number "
-                   "(default %(default)s, CMU-MOSEI's)")
+                   f"(default {_joined(DEFAULT_INPUT_DIMS)}, CMU-MOSEI's)")
     d.add_argument("--d-model", type=int, default=128, help="(default %(default)s)")
     d.add_argument("--d-state", type=int, default=64, help="(default %(default)s)")
     d.add_argument("--n-layers", type=int, default=3, help="(default %(default)s)")
@@ -119,7 +124,7 @@ def add_training_arguments(p: argparse.ArgumentParser) -> None:
     d.add_argument("--seq-len", type=int, help="common sequence length L (data.seq_len)")
     d.add_argument("--synthetic-sizes", type=int_list, default=[1200, 300, 600],
                    metavar="TRAIN,VALID,TEST", help="--data synthetic: split sizes "
-                   "(default %(default)s)")
+                   "(default 1200,300,600, the demo's)")
     t = p.add_argument_group("training budget")
     t.add_argument("--seeds", type=int, default=3, help="seeds per setting; mean ± std over "
                    "them (default %(default)s)")
@@ -215,7 +220,7 @@ def add_fusion_arguments(p: argparse.ArgumentParser) -> None:
 
     add_training_arguments(p)
     p.add_argument("--models", type=str_list, default=list(FUSION_MODELS), metavar="NAME,...",
-                   help="registered models to compare (default %(default)s)")
+                   help=f"registered models to compare (default {_joined(FUSION_MODELS)})")
 
 
 def run_fusion_command(args: argparse.Namespace) -> int:
@@ -235,18 +240,20 @@ def add_coupling_arguments(p: argparse.ArgumentParser) -> None:
     add_training_arguments(p)
     g = DEFAULT_GRIDS
     p.add_argument("--groups", type=str_list, default=list(COUPLING_GROUPS), metavar="G,...",
-                   help="ablations to run (default %(default)s)")
-    p.add_argument("--alphas", type=float_list, default=g["alpha"], help="(default %(default)s)")
+                   help=f"ablations to run (default {_joined(COUPLING_GROUPS)})")
+    p.add_argument("--alphas", type=float_list, default=g["alpha"],
+                   help=f"(default {_joined(g['alpha'])})")
     p.add_argument("--couplings", type=str_list, default=g["coupling"],
-                   help="(default %(default)s)")
+                   help=f"(default {_joined(g['coupling'])})")
     p.add_argument("--neighbourhoods", type=str_list, default=g["neighbourhood"],
-                   help="all | pairs | none | A-B (modality names) (default %(default)s)")
-    p.add_argument("--layers", type=int_list, default=g["n_layers"], help="(default "
-                   "%(default)s)")
-    p.add_argument("--d-states", type=int_list, default=g["d_state"], help="(default "
-                   "%(default)s)")
+                   help=f"all | pairs | none | A-B (modality names) (default "
+                   f"{_joined(g['neighbourhood'])})")
+    p.add_argument("--layers", type=int_list, default=g["n_layers"],
+                   help=f"n_layers values (default {_joined(g['n_layers'])})")
+    p.add_argument("--d-states", type=int_list, default=g["d_state"],
+                   help=f"d_state values (default {_joined(g['d_state'])})")
     p.add_argument("--dt-divisors", type=int_list, default=g["dt_rank"],
-                   help="dt_rank = d_state / divisor (default %(default)s)")
+                   help=f"dt_rank = d_state / divisor (default {_joined(g['dt_rank'])})")
 
 
 def run_coupling_command(args: argparse.Namespace) -> int:
@@ -275,9 +282,9 @@ def add_missing_arguments(p: argparse.ArgumentParser) -> None:
 
     add_training_arguments(p)
     p.add_argument("--models", type=str_list, default=list(MISSING_MODELS), metavar="NAME,...",
-                   help="(default %(default)s)")
+                   help=f"(default {_joined(MISSING_MODELS)})")
     p.add_argument("--rates", type=float_list, default=list(MISSING_RATES),
-                   help="missing rates r (default %(default)s)")
+                   metavar="R,...", help=f"missing rates r (default {_joined(MISSING_RATES)})")
     p.add_argument("--protocol", choices=PROTOCOLS, default="same",
                    help="same: train, select and test at rate r (one model per rate); "
                    "complete-train: train on complete data, test at each r (default "
