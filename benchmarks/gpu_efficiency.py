@@ -36,7 +36,7 @@ def main(argv=None) -> int:
     p.add_argument("--batch", type=int, default=32, help="batch size B (default %(default)s)")
     p.add_argument("--lengths", default="250,1000,4000", help="inference lengths")
     p.add_argument("--train-lengths", default="1000", help="training-step lengths")
-    p.add_argument("--max-seconds", type=float, default=140.0,
+    p.add_argument("--max-seconds", type=float, default=120.0,
                    help="stop starting new points after this many seconds (default %(default)s)")
     args = p.parse_args(argv)
 
@@ -82,7 +82,7 @@ def main(argv=None) -> int:
 
     deadline = t0 + args.max_seconds
     common = dict(variants=variants, device=device, isolate=False, deadline=deadline,
-                  point_budget_s=30.0, **model)
+                  point_budget_s=45.0, **model)
     infer = run_efficiency(EfficiencySettings(lengths=lengths, modes=["infer"], **common))
     train = run_efficiency(EfficiencySettings(lengths=train_lengths, modes=["train"], **common))
     result = dict(infer, rows=infer["rows"] + train["rows"])
