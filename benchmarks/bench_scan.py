@@ -8,7 +8,9 @@ real model layer (D skip, z gate, delta_bias, delta_softplus=True).
 The exp floor is the time of the M*B*L*D*N exponentials alone, at the rate torch.exp reaches on
 one thread (fp32, a 1 MiB tensor that stays in L2, written with out=, so the rate is the exp
 throughput and not memory bandwidth), timed for each point as many times as the scans. A
-streaming 64 MiB tensor is also measured once and reported.
+streaming 64 MiB tensor is also measured once and reported. The io column is the forward's
+unavoidable memory traffic (read u, delta, z, write y) timed as one torch.addcmul: where it is
+comparable to the exp floor (small N, long L) the forward cannot reach the exp floor.
 
 The cores are shared: for each (N, L, pass) every variant (impl x coupling, and the floor) is
 timed in shuffled rounds, and each gets the median over the rounds. Ratios then compare times
@@ -131,6 +133,18 @@ def exp_floor_call(elems: int):
     return on_threads(1, run), elems / (k * n)
 
 
+def io_floor_call(kw):
+    """The forward's unavoidable memory traffic: read u, delta, z and write y (each M*B*D*L fp32),
+    as one torch.addcmul on one thread. At small N this rivals the exps when the tensors come from
+    DRAM (16 bytes per (m, b, d, t) against N exponentials)."""
+    out = torch.empty_like(kw["u"])
+
+    def run():
+        torch.addcmul(kw["u"], kw["delta"], kw["z"], out=out)
+
+    return on_threads(1, run)
+
+
 def on_threads(n: int, fn):
     """fn run with torch's thread count set to n (restored afterwards)."""
     def run():
@@ -145,7 +159,7 @@ def on_threads(n: int, fn):
 
 
 def round_robin(calls: dict, rounds: dict, warmup: int = 1) -> dict:
-    """Median time of each callable, timed in shuffled rounds so that all share the same load.
+    """Times of each callable, timed in shuffled rounds so that all share the same load.
 
     calls: name -> callable; rounds: name -> how many timed calls (slow ones get fewer).
     """
@@ -161,7 +175,7 @@ def round_robin(calls: dict, rounds: dict, warmup: int = 1) -> dict:
             t = time.perf_counter()
             calls[k]()
             times[k].append(time.perf_counter() - t)
-    return {k: statistics.median(v) for k, v in times.items()}
+    return times
 
 
 def main(argv=None):
@@ -200,6 +214,7 @@ def main(argv=None):
                 calls, rounds, skipped = {}, {}, {}
                 floor_fn, scale = exp_floor_call(elems)
                 calls["floor"], rounds["floor"] = floor_fn, args.repeats
+                calls["io"], rounds["io"] = io_floor_call(kw), args.repeats
                 for coupling in COUPLINGS:
                     for impl in args.impls:
                         key = (impl, coupling)
@@ -211,16 +226,22 @@ def main(argv=None):
                         if impl == "cpu" and args.threads > 1:  # the scaling reference
                             calls[("cpu@1", coupling)] = on_threads(1, calls[key])
                             rounds[("cpu@1", coupling)] = args.repeats
-                med = round_robin(calls, rounds)
-                floor = med.pop("floor") * scale
+                times = round_robin(calls, rounds)
+                med = {k: statistics.median(v) for k, v in times.items()}
+                best = {k: min(v) for k, v in times.items()}
+                floor, floor_min = med.pop("floor") * scale, best.pop("floor") * scale
+                io = med.pop("io")
                 impls = list(args.impls) + (["cpu@1"] if ("cpu@1", "mean") in calls else [])
                 for coupling in COUPLINGS:
                     for impl in impls:
                         key = (impl, coupling)
                         t = med.get(key, float("nan"))
+                        t_min = best.get(key, float("nan"))
                         rows.append(dict(
                             N=N, L=L, coupling=coupling, impl=impl, pass_=pass_,
                             time_ms=t * 1e3, floor_ms=floor * 1e3, ratio_to_floor=t / floor,
+                            io_floor_ms=io * 1e3, time_min_ms=t_min * 1e3,
+                            floor_min_ms=floor_min * 1e3, ratio_to_floor_min=t_min / floor_min,
                             threads=args.threads, batch=Bt, M=M, D=D, repeats=rounds.get(key, 0),
                             skipped=skipped.get(key, ""),
                         ))
@@ -229,11 +250,11 @@ def main(argv=None):
                               + (f"  [skipped: {skipped[key]}]" if key in skipped else ""),
                               flush=True)
 
-    def get(N, L, coupling, impl, pass_):
+    def get(N, L, coupling, impl, pass_, field="time_ms"):
         for r in rows:
             if (r["N"], r["L"], r["coupling"], r["impl"], r["pass_"]) == (N, L, coupling, impl,
                                                                           pass_):
-                return r["time_ms"]
+                return r[field]
         return float("nan")
 
     for r in rows:  # ratios against the reference loop and coupled vs none
@@ -241,15 +262,18 @@ def main(argv=None):
         r["coupled_over_none"] = (
             r["time_ms"] / get(r["N"], r["L"], "none", r["impl"], r["pass_"])
             if r["coupling"] == "mean" else float("nan"))
+        r["coupled_over_none_min"] = (
+            r["time_min_ms"] / get(r["N"], r["L"], "none", r["impl"], r["pass_"], "time_min_ms")
+            if r["coupling"] == "mean" else float("nan"))
 
     print()
     print(f"exp rate (torch.exp, fp32, 1 thread, measured once): {rate / 1e9:.2f} G/s "
           f"L2-resident, {rates['stream_64MiB'] / 1e9:.2f} G/s streaming 64 MiB; the floors "
           f"below are timed with each point")
-    hdr = (f"{'N':>3} {'L':>5} {'coupling':8} {'floor':>7} | {'ref':>8} {'torch':>8} {'cpu':>7} "
-           f"{'cpu/flr':>7} {'ref/cpu':>7} | {'ref':>9} {'torch':>8} {'cpu':>7} {'ref/cpu':>7} "
-           f"| {'cpl/none':>8}")
-    print(f"{'':30}  forward (ms)                            |  forward+backward (ms)"
+    hdr = (f"{'N':>3} {'L':>5} {'coupling':8} {'floor':>7} {'io':>6} | {'ref':>8} {'torch':>8} "
+           f"{'cpu':>7} {'cpu/flr':>7} {'ref/cpu':>7} | {'ref':>9} {'torch':>8} {'cpu':>7} "
+           f"{'ref/cpu':>7} | {'cpl/none':>8}")
+    print(f"{'':37}  forward (ms)                            |  forward+backward (ms)"
           f"                |  cpu fwd, fwd+bwd")
     print(hdr)
     for N in args.Ns:
@@ -257,15 +281,25 @@ def main(argv=None):
             for coupling in COUPLINGS:
                 f = {i: get(N, L, coupling, i, "fwd") for i in IMPLS}
                 b = {i: get(N, L, coupling, i, "fwd+bwd") for i in IMPLS}
-                floor = next(r["floor_ms"] for r in rows
-                             if (r["N"], r["L"], r["pass_"]) == (N, L, "fwd"))
+                floor, io = next((r["floor_ms"], r["io_floor_ms"]) for r in rows
+                                 if (r["N"], r["L"], r["pass_"]) == (N, L, "fwd"))
                 cn = (f"{f['cpu'] / get(N, L, 'none', 'cpu', 'fwd'):.2f},"
                       f"{b['cpu'] / get(N, L, 'none', 'cpu', 'fwd+bwd'):.2f}"
                       if coupling == "mean" else "")
-                print(f"{N:3d} {L:5d} {coupling:8} {floor:7.2f} | {f['ref']:8.2f} "
+                print(f"{N:3d} {L:5d} {coupling:8} {floor:7.2f} {io:6.2f} | {f['ref']:8.2f} "
                       f"{f['torch']:8.2f} {f['cpu']:7.2f} {f['cpu'] / floor:7.2f} "
                       f"{f['ref'] / f['cpu']:7.1f} | {b['ref']:9.1f} {b['torch']:8.1f} "
                       f"{b['cpu']:7.2f} {b['ref'] / b['cpu']:7.1f} | {cn:>8}")
+
+    print("\ncpu path, best of the rounds (noise on shared cores only adds time): "
+          "cpu/floor and coupled/none")
+    for N in args.Ns:
+        for L in args.Ls:
+            fl = [get(N, L, c, "cpu", "fwd", "ratio_to_floor_min") for c in COUPLINGS]
+            cn = [get(N, L, "mean", "cpu", p_, "coupled_over_none_min") for p_ in ("fwd",
+                                                                                   "fwd+bwd")]
+            print(f"N={N:3d} L={L:5d} fwd/floor mean {fl[0]:.2f} none {fl[1]:.2f} | "
+                  f"mean/none fwd {cn[0]:.2f} fwd+bwd {cn[1]:.2f}")
 
     if args.threads > 1:
         print(f"\ncpu path, {args.threads} threads vs 1 (same rounds): speedup")

@@ -127,12 +127,13 @@ def test_thread_splits_equal_one_thread(Bt, make_scan_inputs):
 
 
 @pytest.mark.parametrize("M", [4, 5])
-def test_rank_one_with_many_modalities(M, make_scan_inputs):
-    """Rank one is unrolled up to M = 4; larger M goes through the dense-W kernel."""
+def test_many_modalities(M, make_scan_inputs):
+    """The modality loop is unrolled up to M = 4; beyond, rank one goes through the dense-W
+    kernel and "none" runs one modality at a time."""
     kw = make_scan_inputs(M=M, L=20, with_state=True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        for coupling in ("mean", "sum"):
+        for coupling in ("none", "mean", "sum"):
             _assert_matches_ref(kw, coupling, torch.float64)
 
 

@@ -622,22 +622,31 @@ static inline void pack_a(const Ctx<T>& c, int64_t m0, int64_t d, T* dst) {
   }
 }
 
-// Forward, rank one, MG modalities [m0, m0 + MG) (MG = 1: "none", one modality at a time).
-// Carries S = sum_m h[m]; h[t][m] = Abar[t][m] G + bbar[t][m] with G = (w / MG) S[t-1].
-// The modality loop is innermost, so S and the y accumulators stay in registers.
-template <typename T, int MG>
+// Element (modality mi, state n) of a packed per-modality state [n-vector][modality][lane].
+template <typename T, int MG> static inline int64_t pk(int64_t mi, int64_t n) {
+  const int W = VT<T>::W;
+  return ((n / W) * MG + mi) * W + n % W;
+}
+
+// Forward of the rank-one and diagonal couplings, MG modalities [m0, m0 + MG) in one loop.
+//   COUPLED (rank one): carries S = sum_m h[m]; h[t][m] = Abar[t][m] G + bbar[t][m] with
+//     G = (w / MG) S[t-1] (the single recurrence of SPEC section 2).
+//   !COUPLED ("none"): carries each h[m] (packed [n-vector][modality][lane]); G = h[t-1][m].
+// The modality loop is innermost, so the states and the y accumulators stay in registers.
+template <typename T, int MG, bool COUPLED>
 static void fwd_rank1(const Ctx<T>& c, const TaskRange& r, int64_t b, int64_t m0, T wM,
                       T* carry, int64_t cstride, int64_t soff, T* rows, T* buf) {
   typedef typename VT<T>::V V;
   const int W = VT<T>::W;
   const int64_t Np = c.Np, N = c.N, Tn = c.T_, L = c.L, nv = Np / W, SW = nv * 2 * MG * W;
+  const int64_t SS = COUPLED ? Np : MG * Np;  // carried state per unit
   for (int64_t d = r.d0; d < r.d1; ++d) {
     T* Sd = carry + (d - r.d0) * cstride;
-    for (int64_t n = 0; n < Np; ++n) Sd[n] = T(0);
+    for (int64_t n = 0; n < SS; ++n) Sd[n] = T(0);
     if (c.init)
       for (int mi = 0; mi < MG; ++mi) {
         const T* h0 = c.init + c.st_off(m0 + mi, b, d);
-        for (int64_t n = 0; n < N; ++n) Sd[n] += h0[n];
+        for (int64_t n = 0; n < N; ++n) Sd[COUPLED ? n : pk<T, MG>(mi, n)] += h0[n];
       }
   }
   T* Glast = buf;              // G of step L-1, for the last state
@@ -657,7 +666,7 @@ static void fwd_rank1(const Ctx<T>& c, const TaskRange& r, int64_t b, int64_t m0
         const int64_t t0 = ch * Tn, Tc = (L - t0 < Tn) ? L - t0 : Tn;
         if (c.saved) {
           T* sv = c.saved_at(b, d, ch) + soff;
-          for (int64_t n = 0; n < Np; ++n) sv[n] = Sd[n];
+          for (int64_t n = 0; n < SS; ++n) sv[n] = Sd[n];
         }
         for (int mi = 0; mi < MG; ++mi) {
           prefetch_next(c, r, m0 + mi, b, d, ch, cb0, cb1, false);
@@ -665,9 +674,8 @@ static void fwd_rank1(const Ctx<T>& c, const TaskRange& r, int64_t b, int64_t m0
         }
         for (int64_t j = 0; j < Tc; ++j) {
           const int64_t t = t0 + j;
-          if (t == L - 1)
-            for (int64_t v = 0; v < Np; v += W)
-              st(Glast + v, MG == 1 ? ld<V>(Sd + v) : wM * ld<V>(Sd + v));
+          if (COUPLED && MG > 1 && t == L - 1)
+            for (int64_t v = 0; v < Np; v += W) st(Glast + v, wM * ld<V>(Sd + v));
           V dtm[MG], dtum[MG], acc[MG];
           for (int mi = 0; mi < MG; ++mi) {
             dtm[mi] = bcl<V>(rw[mi].dt + j);
@@ -677,27 +685,30 @@ static void fwd_rank1(const Ctx<T>& c, const TaskRange& r, int64_t b, int64_t m0
           const T* q = pbc + (t - tb0) * SW;
           for (int64_t v = 0; v < nv; ++v) {
             const T *qv = q + v * 2 * MG * W, *av = Ap + v * MG * W;
-            V G = ld<V>(Sd + v * W);
-            if (MG > 1) G = wM * G;
+            T* sv = Sd + (COUPLED ? v : v * MG) * W;
+            V G = ld<V>(sv);
+            if (COUPLED && MG > 1) G = wM * G;
             V Sn = bc<V>(T(0));
             for (int mi = 0; mi < MG; ++mi) {
               const V a = vexp2(dtm[mi] * ld<V>(av + mi * W));
-              const V h = a * G + dtum[mi] * ld<V>(qv + mi * W);
+              const V Gm = COUPLED ? G : ld<V>(sv + mi * W);
+              const V h = a * Gm + dtum[mi] * ld<V>(qv + mi * W);
               acc[mi] += ld<V>(qv + (MG + mi) * W) * h;
-              Sn = mi == 0 ? h : Sn + h;
+              if (COUPLED) Sn = mi == 0 ? h : Sn + h;
+              else st(sv + mi * W, h);
             }
-            st(Sd + v * W, Sn);
+            if (COUPLED) st(sv, Sn);
           }
           for (int mi = 0; mi < MG; ++mi) st(rw[mi].acc_y + j * W, acc[mi]);
         }
         for (int mi = 0; mi < MG; ++mi) finish_rows_fwd(c, rw[mi], m0 + mi, b, d, t0, Tc);
         if (t0 + Tc == L) {
-          // Last state per modality: the carry itself for one modality, else recompute
-          // h[L-1][m] = Abar G + bbar from G of the last step (one step of exps per unit).
+          // Last state per modality: the carry itself (diagonal, or one modality), else
+          // recompute h[L-1][m] = Abar G + bbar from G of the last step (one step of exps).
           for (int mi = 0; mi < MG; ++mi) {
             T* out = c.last + c.st_off(m0 + mi, b, d);
-            if (MG == 1) {
-              for (int64_t n = 0; n < N; ++n) out[n] = Sd[n];
+            if (!COUPLED || MG == 1) {
+              for (int64_t n = 0; n < N; ++n) out[n] = Sd[pk<T, MG>(mi, n)];
               continue;
             }
             const V dtm = bcl<V>(rw[mi].dt + Tc - 1), dtum = bcl<V>(rw[mi].dtu + Tc - 1);
@@ -787,7 +798,7 @@ static void fwd_general(const Ctx<T>& c, const TaskRange& r, int64_t b, T* carry
 //   dS[t-1]  = (w / MG) sum_m dh[t][m] Abar[t][m]
 //   dAbar    = dh G (G = (w / MG) S[t-1]);  dbbar = dh
 // then the chain rule through Abar = 2^(dt A2), bbar = dt B u.
-template <typename T, int MG, bool WITH_DLAST>
+template <typename T, int MG, bool COUPLED, bool WITH_DLAST>
 static inline void bwd_rank1_step(const Ctx<T>& c, T wM, int64_t j, Rows<T>* rw, const T* q,
                                   T* dq, const T* Ap, T* dAp, const T* Sp, const T* Ab, T* dS,
                                   const T* dl) {
@@ -804,27 +815,31 @@ static inline void bwd_rank1_step(const Ctx<T>& c, T wM, int64_t j, Rows<T>* rw,
   for (int64_t v = 0; v < nv; ++v) {
     const T *qv = q + v * 2 * MG * W, *av = Ap + v * MG * W, *abv = Ab + v * MG * W;
     T *dqv = dq + v * 2 * MG * W, *dav = dAp + v * MG * W;
-    V G = ld<V>(Sp + v * W);
-    if (MG > 1) G = wM * G;
-    const V dSv = ld<V>(dS + v * W);
+    const T* spv = Sp + (COUPLED ? v : v * MG) * W;
+    T* dsv = dS + (COUPLED ? v : v * MG) * W;
+    V G = ld<V>(spv);
+    if (COUPLED && MG > 1) G = wM * G;
+    const V dSv = ld<V>(dsv);
     V dGa = bc<V>(T(0));
     for (int mi = 0; mi < MG; ++mi) {
       const V a = ld<V>(abv + mi * W);
       const V Bv = ld<V>(qv + mi * W), Cv = ld<V>(qv + (MG + mi) * W);
-      V dh = dSv + dym[mi] * Cv;
+      const V Gm = COUPLED ? G : ld<V>(spv + mi * W);
+      V dh = (COUPLED ? dSv : ld<V>(dsv + mi * W)) + dym[mi] * Cv;
       if (WITH_DLAST) dh += ld<V>(dl + mi * c.Np + v * W);
-      const V h = a * G + dtum[mi] * Bv;
+      const V h = a * Gm + dtum[mi] * Bv;
       add_to(dqv + (MG + mi) * W, dym[mi] * h);  // dC
       ya[mi] += Cv * h;
       add_to(dqv + mi * W, dh * dtum[mi]);  // dB
       s1[mi] += dh * Bv;
       const V dha = dh * a;
-      const V da = dha * G;  // d loss / d(dt A) = dAbar Abar
+      const V da = dha * Gm;  // d loss / d(dt A) = dAbar Abar
       add_to(dav + mi * W, da * dtm[mi]);
       s2[mi] += da * ld<V>(av + mi * W);
-      dGa += dha;
+      if (COUPLED) dGa += dha;
+      else st(dsv + mi * W, dha);  // the gradient reaching h[t-1][m]
     }
-    st(dS + v * W, MG > 1 ? wM * dGa : dGa);
+    if (COUPLED) st(dsv, MG > 1 ? wM * dGa : dGa);
   }
   for (int mi = 0; mi < MG; ++mi) {
     st(rw[mi].acc_1 + j * W, s1[mi]);
@@ -833,13 +848,14 @@ static inline void bwd_rank1_step(const Ctx<T>& c, T wM, int64_t j, Rows<T>* rw,
   }
 }
 
-template <typename T, int MG>
+template <typename T, int MG, bool COUPLED>
 static void bwd_rank1(const Ctx<T>& c, const TaskRange& r, int64_t b, int64_t m0, T wM,
                       T* carry, int64_t cstride, int64_t soff, T* rows, T* buf) {
   typedef typename VT<T>::V V;
   const int W = VT<T>::W;
   const int64_t Np = c.Np, N = c.N, Tn = c.T_, L = c.L, nv = Np / W, SW = nv * 2 * MG * W;
-  T* Sbuf = buf;                        // (T + 1) x Np: S[t0 - 1 .. t0 + Tc - 1]
+  const int64_t SS = COUPLED ? Np : MG * Np;  // carried state per unit (as in the forward)
+  T* Sbuf = buf;                        // (T + 1) x SS: states at t0 - 1 .. t0 + Tc - 1
   T* Abuf = Sbuf + (Tn + 1) * c.S;      // T x [n-vector][modality][lane]: Abar
   T* dl = Abuf + Tn * c.M * Np;         // MG x Np: dlast, padded
   T* Ap = dl + c.M * Np;                // packed A and dA of the channel
@@ -850,7 +866,7 @@ static void bwd_rank1(const Ctx<T>& c, const TaskRange& r, int64_t b, int64_t m0
   for (int mi = 0; mi < MG; ++mi) rw[mi] = rows_at(rows, mi, Tn);
   for (int64_t d = r.d0; d < r.d1; ++d) {
     T* dS = carry + (d - r.d0) * cstride;
-    for (int64_t n = 0; n < Np; ++n) dS[n] = T(0);
+    for (int64_t n = 0; n < SS; ++n) dS[n] = T(0);
   }
   const int64_t CB = chunks_per_block(c, MG);
   for (int64_t cb1 = c.a.nchunks; cb1 > 0; cb1 -= CB) {
@@ -869,10 +885,10 @@ static void bwd_rank1(const Ctx<T>& c, const TaskRange& r, int64_t b, int64_t m0
         }
         // Recompute S over the chunk (and keep Abar) from the state saved at its start.
         const T* sv = c.saved_at(b, d, ch) + soff;
-        for (int64_t n = 0; n < Np; ++n) Sbuf[n] = sv[n];
+        for (int64_t n = 0; n < SS; ++n) Sbuf[n] = sv[n];
         for (int64_t j = 0; j < Tc; ++j) {
-          const T* Sp = Sbuf + j * Np;
-          T* Sn = Sbuf + (j + 1) * Np;
+          const T* Sp = Sbuf + j * SS;
+          T* Sn = Sbuf + (j + 1) * SS;
           T* Ab = Abuf + j * MG * Np;
           const T* q = pbc + (t0 + j - tb0) * SW;
           V dtm[MG], dtum[MG];
@@ -881,16 +897,19 @@ static void bwd_rank1(const Ctx<T>& c, const TaskRange& r, int64_t b, int64_t m0
             dtum[mi] = bcl<V>(rw[mi].dtu + j);
           }
           for (int64_t v = 0; v < nv; ++v) {
-            V G = ld<V>(Sp + v * W);
-            if (MG > 1) G = wM * G;
+            const int64_t o = (COUPLED ? v : v * MG) * W;
+            V G = ld<V>(Sp + o);
+            if (COUPLED && MG > 1) G = wM * G;
             V s = bc<V>(T(0));
             for (int mi = 0; mi < MG; ++mi) {
               const V a = vexp2(dtm[mi] * ld<V>(Ap + (v * MG + mi) * W));
               st(Ab + (v * MG + mi) * W, a);
-              const V h = a * G + dtum[mi] * ld<V>(q + (v * 2 * MG + mi) * W);
-              s = mi == 0 ? h : s + h;
+              const V Gm = COUPLED ? G : ld<V>(Sp + o + mi * W);
+              const V h = a * Gm + dtum[mi] * ld<V>(q + (v * 2 * MG + mi) * W);
+              if (COUPLED) s = mi == 0 ? h : s + h;
+              else st(Sn + o + mi * W, h);
             }
-            st(Sn + v * W, s);
+            if (COUPLED) st(Sn + o, s);
           }
         }
         // Reverse over the chunk.
@@ -898,15 +917,15 @@ static void bwd_rank1(const Ctx<T>& c, const TaskRange& r, int64_t b, int64_t m0
           const int64_t t = t0 + j;
           const T* q = pbc + (t - tb0) * SW;
           T* dq = pdbc + (t - tb0) * SW;
-          const T *Sp = Sbuf + j * Np, *Ab = Abuf + j * MG * Np;
+          const T *Sp = Sbuf + j * SS, *Ab = Abuf + j * MG * Np;
           if (t == L - 1 && c.dlast) {
             for (int mi = 0; mi < MG; ++mi) {
               const T* src = c.dlast + c.st_off(m0 + mi, b, d);
               for (int64_t n = 0; n < Np; ++n) dl[mi * Np + n] = n < N ? src[n] : T(0);
             }
-            bwd_rank1_step<T, MG, true>(c, wM, j, rw, q, dq, Ap, dAp, Sp, Ab, dS, dl);
+            bwd_rank1_step<T, MG, COUPLED, true>(c, wM, j, rw, q, dq, Ap, dAp, Sp, Ab, dS, dl);
           } else {
-            bwd_rank1_step<T, MG, false>(c, wM, j, rw, q, dq, Ap, dAp, Sp, Ab, dS, dl);
+            bwd_rank1_step<T, MG, COUPLED, false>(c, wM, j, rw, q, dq, Ap, dAp, Sp, Ab, dS, dl);
           }
         }
         for (int mi = 0; mi < MG; ++mi) {
@@ -922,13 +941,13 @@ static void bwd_rank1(const Ctx<T>& c, const TaskRange& r, int64_t b, int64_t m0
     }
     unpack_add_bc<T, MG>(c, r, b, m0, tb0, tb1, pdbc);
   }
-  // S[-1] = sum_m h0[m], so every h0[m] receives dS[-1].
+  // Rank one: S[-1] = sum_m h0[m], so every h0[m] receives dS[-1]; diagonal: its own.
   if (c.dinit)
     for (int64_t d = r.d0; d < r.d1; ++d) {
       const T* dS = carry + (d - r.d0) * cstride;
       for (int mi = 0; mi < MG; ++mi) {
         T* out = c.dinit + c.st_off(m0 + mi, b, d);
-        for (int64_t n = 0; n < N; ++n) out[n] = dS[n];
+        for (int64_t n = 0; n < N; ++n) out[n] = dS[COUPLED ? n : pk<T, MG>(mi, n)];
       }
     }
 }
@@ -1047,11 +1066,11 @@ static void bwd_general(const Ctx<T>& c, const TaskRange& r, int64_t b, T* carry
 }
 
 // One task: every batch row of the task, in the mode's kernel (forward or backward).
-template <typename T, int MG, bool BWD>
+template <typename T, int MG, bool COUPLED, bool BWD>
 static inline void rank1(const Ctx<T>& c, const TaskRange& r, int64_t b, int64_t m0, T wM,
                          T* carry, int64_t cstride, int64_t soff, T* rows, T* buf) {
-  if (BWD) bwd_rank1<T, MG>(c, r, b, m0, wM, carry, cstride, soff, rows, buf);
-  else fwd_rank1<T, MG>(c, r, b, m0, wM, carry, cstride, soff, rows, buf);
+  if (BWD) bwd_rank1<T, MG, COUPLED>(c, r, b, m0, wM, carry, cstride, soff, rows, buf);
+  else fwd_rank1<T, MG, COUPLED>(c, r, b, m0, wM, carry, cstride, soff, rows, buf);
 }
 
 template <typename T, bool BWD>
@@ -1064,14 +1083,23 @@ static void run_task(const ScanArgs& a, const TaskRange& r, void* scr) {
   const T wM = T(a.w / double(c.M));
   for (int64_t b = r.b0; b < r.b1; ++b) {
     if (a.mode == coupled_scan::kDiag) {
-      for (int64_t m = 0; m < c.M; ++m)
-        rank1<T, 1, BWD>(c, r, b, m, T(1), carry + m * c.Np, c.S, m * c.Np, rows, buf);
+      // Packed per-modality states (c.S = M Np); M > 4: one modality at a time.
+      switch (c.M) {
+        case 1: rank1<T, 1, false, BWD>(c, r, b, 0, T(1), carry, c.S, 0, rows, buf); break;
+        case 2: rank1<T, 2, false, BWD>(c, r, b, 0, T(1), carry, c.S, 0, rows, buf); break;
+        case 3: rank1<T, 3, false, BWD>(c, r, b, 0, T(1), carry, c.S, 0, rows, buf); break;
+        case 4: rank1<T, 4, false, BWD>(c, r, b, 0, T(1), carry, c.S, 0, rows, buf); break;
+        default:
+          for (int64_t m = 0; m < c.M; ++m)
+            rank1<T, 1, false, BWD>(c, r, b, m, T(1), carry + m * c.Np, c.S, m * c.Np, rows,
+                                    buf);
+      }
     } else if (a.mode == coupled_scan::kRank1) {
       switch (c.M) {  // the host sends rank one with M > 4 as a general W
-        case 1: rank1<T, 1, BWD>(c, r, b, 0, wM, carry, c.S, 0, rows, buf); break;
-        case 2: rank1<T, 2, BWD>(c, r, b, 0, wM, carry, c.S, 0, rows, buf); break;
-        case 3: rank1<T, 3, BWD>(c, r, b, 0, wM, carry, c.S, 0, rows, buf); break;
-        default: rank1<T, 4, BWD>(c, r, b, 0, wM, carry, c.S, 0, rows, buf); break;
+        case 1: rank1<T, 1, true, BWD>(c, r, b, 0, wM, carry, c.S, 0, rows, buf); break;
+        case 2: rank1<T, 2, true, BWD>(c, r, b, 0, wM, carry, c.S, 0, rows, buf); break;
+        case 3: rank1<T, 3, true, BWD>(c, r, b, 0, wM, carry, c.S, 0, rows, buf); break;
+        default: rank1<T, 4, true, BWD>(c, r, b, 0, wM, carry, c.S, 0, rows, buf); break;
       }
     } else if (BWD) {
       bwd_general<T>(c, r, b, carry, rows, buf);
