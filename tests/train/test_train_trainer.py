@@ -221,3 +221,14 @@ def test_checkpoint_state_round_trip():
     set_rng_state(state)
     y = (torch.rand(3), np.random.rand(3), random.random())
     assert torch.equal(x[0], y[0]) and np.array_equal(x[1], y[1]) and x[2] == y[2]
+
+
+def test_callback_can_stop_training(tmp_path):
+    from coupled_mamba.train.trainer import StopTraining
+
+    def stop(trainer, epoch, row):
+        assert row["epoch"] == epoch and "valid_Loss" in row
+        raise StopTraining
+
+    r, _ = _run("regression", tmp_path / "run", extra=["train.epochs=5"], callbacks=[stop])
+    assert r["epochs_run"] == 1 and r["best_epoch"] == 1
