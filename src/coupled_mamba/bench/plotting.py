@@ -99,6 +99,9 @@ def plot_efficiency(rows: list[dict], path: str, title: str = "") -> str:
     return _save(fig, path)
 
 
+GROUP_COLUMNS = 3  # panels per row of plot_groups
+
+
 def plot_groups(groups: dict[str, list[dict]], path: str, metric: str,
                 title: str = "") -> str:
     """One panel per ablation group: mean +- std of ``metric`` for each setting (points with
@@ -108,11 +111,17 @@ def plot_groups(groups: dict[str, list[dict]], path: str, metric: str,
         groups: group name -> rows with keys "setting" (label), "mean", "std" (std may be None).
         metric: y-axis label.
     Returns:
-        ``path``; the image is (number of groups) * PANEL_SIZE wide, one PANEL_SIZE high.
+        ``path``; panels of PANEL_SIZE in rows of at most GROUP_COLUMNS (so min(n, 3) panels
+        wide and ceil(n / 3) high for n groups).
     """
     n = max(len(groups), 1)
-    fig, axes = plt.subplots(1, n, figsize=(PANEL_SIZE[0] * n, PANEL_SIZE[1]), squeeze=False)
-    for ax, (name, rows) in zip(axes[0], groups.items(), strict=False):
+    ncols = min(n, GROUP_COLUMNS)
+    nrows = math.ceil(n / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(PANEL_SIZE[0] * ncols, PANEL_SIZE[1] * nrows),
+                             squeeze=False)
+    for ax in axes.flat[len(groups):]:
+        ax.set_visible(False)
+    for ax, (name, rows) in zip(axes.flat, groups.items(), strict=False):
         xs = range(len(rows))
         means = [r["mean"] if r["mean"] is not None else math.nan for r in rows]
         stds = [r.get("std") or 0.0 for r in rows]
