@@ -3,18 +3,25 @@
     PYTHONPATH=src python3 benchmarks/gpu_scan.py --out $OUT/gpu_scan.json      # on a CUDA GPU
     PYTHONPATH=src python3 benchmarks/gpu_scan.py --interpret --tiny --out /tmp/s.json  # CPU smoke
 
-One invocation, sized to finish in about 4 minutes on an H100 including Triton compilation
-(measured sections stop early past --budget-s and say so). Sections:
+One invocation, sized to finish in under 150 s on an H100 including Triton compilation
+(measurements stop being started past --budget-s, default 120, and are listed as skipped).
+Both kernel variants of ``coupled_selective_scan_triton`` are checked and timed: "chunked"
+(couplings "none" / "mean" / "sum": associative scan over chunks of time) and "seq" (every
+coupling, one step at a time; the only one for a general W). Sections:
 
 1. correctness against the reference loop in float64 on the same device: y, last state and every
-   gradient at M=3, D=256, N in {16, 64}, L=2048 (coupled "mean", "none", general W), plus all
-   coupling modes with every optional input at a small size, fp32 and bf16;
+   gradient at M=3, Bt=2, D=256, L=1024 (N=64: chunked "mean" and "none", seq general W;
+   N=16: chunked and seq "mean"), plus every coupling mode with every optional input at a small
+   size (L=300; "sum" at L=40, since it overflows float32 by design after ~80 steps), fp32 and
+   bf16;
 2. timings (CUDA events, warm-up, median) at M=3, Bt=32, D=256, N in {16, 64},
-   L in {50, 1024, 4096}, forward (no grad) and forward+backward, for: Triton coupled ("mean"),
-   Triton coupling="none" (M independent chains: the uncoupled baseline), Triton general W
-   (N=16), the pure-PyTorch path (skipped where its autograd graph would not fit), and
-   mamba-ssm's selective_scan_fn run M times if mamba_ssm imports;
-3. a small sweep of tiling configurations (channels per program, warps, register sub-chunk).
+   L in {50, 1024, 4096}, forward (no grad) and forward+backward: chunked "mean" and "none" (M
+   independent chains: the uncoupled baseline) everywhere; seq "mean" and "none" at L=1024 (the
+   comparison that picks the variant); seq general W at N=16, L=1024; the pure-PyTorch path
+   where it is cheap (L <= 1024 forward, L=50 forward+backward); mamba-ssm's selective_scan_fn
+   run M times if mamba_ssm imports;
+3. a tiny sweep of chunked tilings (channels per program, steps per chunk, warps) at N=64,
+   L=1024.
 
 Shapes: M modalities, Bt batch, D channels, N state size, L length. Writes JSON (updated after
 every section, so a cut-off run keeps what it measured) and prints a compact table at the end.
@@ -52,6 +59,8 @@ GRAD_NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias", "initial_stat
 # Bytes the pure-PyTorch path keeps for backward per element of (M, Bt, D, N, L) in fp32,
 # measured with saved_tensors_hooks (45 at N in {16, 64}); used to skip rows that cannot fit.
 TORCH_SAVED_BYTES = 45
+SUM_L = 40  # "sum" coupling checks: float32 overflows (by design, SPEC section 2) after ~80 steps
+VARIANTS = ("chunked", "seq")
 
 
 # --- inputs -------------------------------------------------------------------------------
@@ -129,10 +138,10 @@ def time_call(fn, device, target_s=0.25, max_reps=15):
 
 # --- the implementations timed ------------------------------------------------------------
 
-def triton_fn(tiling, coupling):
+def triton_fn(tiling, coupling, variant):
     def fn(kw):
         return _triton.coupled_selective_scan_triton(
-            **kw, delta_softplus=True, coupling=coupling, **tiling)
+            **kw, delta_softplus=True, coupling=coupling, variant=variant, **tiling)
     return fn
 
 
@@ -212,18 +221,27 @@ def run_grads(fn, kw, coupling, last):
     return y, h, dict(zip(names, torch.autograd.grad(loss, tensors), strict=True))
 
 
-def check(name, shape, dtype, couplings, device, tiling, with_state, tol):
-    """Triton against the float64 reference on the same inputs; returns result rows."""
+def check(name, shape, dtype, cases, device, tilings, with_state, tol, run=None):
+    """Triton against the float64 reference on the same inputs; returns result rows.
+
+    cases: (coupling name, variant) pairs; tilings: variant -> tiling keywords."""
     M, Bt, D, N, L = shape
     rows = []
-    for i, cname in enumerate(couplings):
-        kw = make_inputs(M, Bt, D, N, L, dtype, device, seed=i, with_state=with_state)
+    for i, (cname, variant) in enumerate(cases):
+        if run is not None and run.over_budget():
+            run.res["skipped"].append(dict(check=name, coupling=str(cname), variant=variant,
+                                           why="time budget"))
+            continue
+        Li = min(L, SUM_L) if cname == "sum" else L  # "sum" overflows float32 after ~80 steps
+        kw = make_inputs(M, Bt, D, N, Li, dtype, device, seed=i, with_state=with_state)
         W = coupling_arg(cname, M, device, torch.float32)
         kw64 = {k: v.detach().double().requires_grad_(True) for k, v in kw.items()}
         W64 = W.detach().double().requires_grad_(True) if isinstance(W, torch.Tensor) else W
         t0 = time.perf_counter()
         y, h, g = run_grads(
-            lambda **a: _triton.coupled_selective_scan_triton(**a, **tiling), kw, W, with_state)
+            lambda variant=variant, **a: _triton.coupled_selective_scan_triton(
+                **a, variant=variant, **tilings[variant]),
+            kw, W, with_state)
         sync(device)
         t_triton = time.perf_counter() - t0
         y_r, h_r, g_r = run_grads(coupled_selective_scan_ref, kw64, W64, with_state)
@@ -233,11 +251,13 @@ def check(name, shape, dtype, couplings, device, tiling, with_state, tol):
         errs.update({f"d{k}": rel(g[k], g_r[k]) for k in g_r})
         worst = max(errs.values())
         ok = errs["y"] < tol[0] and all(v < tol[1] for k, v in errs.items() if k != "y")
-        rows.append(dict(check=name, coupling=str(cname), dtype=str(dtype).replace("torch.", ""),
-                         shape=dict(M=M, Bt=Bt, D=D, N=N, L=L), errors=errs, max_error=worst,
+        rows.append(dict(check=name, coupling=str(cname), variant=variant,
+                         dtype=str(dtype).replace("torch.", ""),
+                         shape=dict(M=M, Bt=Bt, D=D, N=N, L=Li), errors=errs, max_error=worst,
                          tol=tol, ok=bool(ok and math.isfinite(worst)),
                          triton_first_call_s=t_triton))
-        print(f"  {name:10s} {str(cname):>6s} {rows[-1]['dtype']:8s} N={N:<3d} L={L:<5d} "
+        print(f"  {name:10s} {variant:7s} {str(cname):>6s} {rows[-1]['dtype']:8s} N={N:<3d} "
+              f"L={Li:<5d} "
               f"max rel err {worst:.2e} ({max(errs, key=errs.get)}) "
               f"{'PASS' if rows[-1]['ok'] else 'FAIL'}", flush=True)
         del kw, kw64, y, h, g, y_r, h_r, g_r
@@ -281,7 +301,7 @@ def main(argv=None):
     ap.add_argument("--interpret", action="store_true",
                     help="run on CPU in Triton's interpreter (smoke test; use with --tiny)")
     ap.add_argument("--tiny", action="store_true", help="tiny shapes, for the smoke test")
-    ap.add_argument("--budget-s", type=float, default=210.0,
+    ap.add_argument("--budget-s", type=float, default=120.0,
                     help="stop starting new measurements after this many seconds")
     ap.add_argument("--torch-mem-limit-gib", type=float, default=None,
                     help="skip pure-PyTorch fwd+bwd rows whose autograd graph exceeds this")
@@ -303,8 +323,9 @@ def main(argv=None):
     Bt_t, D = (1, 4) if tiny else (32, 256)
     Ns = (4, 8) if tiny else (16, 64)
     Ls = (5, 12) if tiny else (50, 1024, 4096)
-    # The interpreter gets a tiny checkpoint interval, so the smoke test crosses chunks.
-    tiling = dict(chunk=8, sub_chunk=4) if tiny else {}
+    # The interpreter gets tiny chunks, so the smoke test crosses several.
+    tilings = (dict(seq=dict(chunk=8, sub_chunk=4), chunked=dict(time_block=4, time_block_bwd=4))
+               if tiny else dict(seq={}, chunked={}))
     if args.torch_mem_limit_gib is not None:
         mem_limit = args.torch_mem_limit_gib * 2**30
     elif device.type == "cuda":
@@ -325,9 +346,13 @@ def main(argv=None):
         torch=torch.__version__, triton=triton.__version__, python=platform.python_version(),
         interpret=args.interpret, tiny=tiny, M=M, Bt=Bt_t, D=D, Ns=Ns, Ls=Ls,
         mamba_ssm="available" if mamba_why is None else f"not importable ({mamba_why})",
-        tiling_defaults=dict(chunk=_triton.CHUNK, sub_chunk=_triton.SUB_CHUNK,
-                             fwd_tile=_triton.FWD_TILE, bwd_tile=_triton.BWD_TILE),
-        tiling=tiling, argv=sys.argv,
+        tiling_defaults=dict(
+            seq=dict(chunk=_triton.CHUNK, sub_chunk=_triton.SUB_CHUNK, fwd_tile=_triton.FWD_TILE,
+                     bwd_tile=_triton.BWD_TILE),
+            chunked=dict(t_fwd={N: _triton._chunk_t_fwd(N) for N in Ns},
+                         t_bwd=_triton.CHUNK_T_BWD,
+                         block_d={N: _triton._chunk_block_d(D, _triton._pow2(N), 4) for N in Ns})),
+        tilings=tilings, argv=sys.argv,
     )
     print(f"device {run.res['meta']['device']}, torch {torch.__version__}, "
           f"triton {triton.__version__}; mamba-ssm: {run.res['meta']['mamba_ssm']}")
@@ -335,55 +360,65 @@ def main(argv=None):
 
     # 1. correctness ---------------------------------------------------------------------
     def correctness():
-        big_L, big_Bt = (12, 1) if tiny else (2048, 2)
-        for N in Ns:
-            run.res["correctness"] += check(
-                "full-size", (M, big_Bt, D, N, big_L), torch.float32, ["mean", "none", "matrix"],
-                device, tiling, False, (1e-4, 1e-3))
+        big_L, big_Bt = (12, 1) if tiny else (1024, 2)
+        res = run.res["correctness"]
+        res += check("full-size", (M, big_Bt, D, Ns[1], big_L), torch.float32,
+                     [("mean", "chunked"), ("none", "chunked"), ("matrix", "seq")],
+                     device, tilings, False, (1e-4, 1e-3), run)
+        res += check("full-size", (M, big_Bt, D, Ns[0], big_L), torch.float32,
+                     [("mean", "chunked"), ("mean", "seq")], device, tilings, False,
+                     (1e-4, 1e-3), run)
         small = (M, 2, 8 if tiny else 64, Ns[0], 10 if tiny else 300)
-        run.res["correctness"] += check(
-            "all-modes", small, torch.float32, ["none", "mean", "sum", 0.3, "matrix"],
-            device, tiling, True, (1e-4, 1e-3))
-        run.res["correctness"] += check(
-            "bf16", small, torch.bfloat16, ["mean", "matrix"], device, tiling, True,
-            (1.6e-2, 3e-2))
-        bad = [r for r in run.res["correctness"] if not r["ok"]]
-        print(f"  correctness: {len(run.res['correctness']) - len(bad)} passed, {len(bad)} failed")
+        res += check("all-modes", small, torch.float32,
+                     [("none", "chunked"), ("mean", "chunked"), ("sum", "chunked"),
+                      (0.3, "seq"), ("matrix", "seq")], device, tilings, True, (1e-4, 1e-3), run)
+        res += check("bf16", small, torch.bfloat16, [("mean", "chunked"), ("matrix", "seq")],
+                     device, tilings, True, (1.6e-2, 3e-2), run)
+        bad = [r for r in res if not r["ok"]]
+        print(f"  correctness: {len(res) - len(bad)} passed, {len(bad)} failed")
 
     run.section("correctness vs float64 reference", correctness)
 
     # 2. timings ---------------------------------------------------------------------------
     def timings():
-        # Triton rows for every shape first, then mamba-ssm, then the slow PyTorch path: if the
-        # budget runs out, what is lost is the least informative.
-        def triton_impls(N):
-            impls = [("triton-mean", triton_fn(tiling, "mean")),
-                     ("triton-none", triton_fn(tiling, "none"))]
-            if N == Ns[0]:
-                # A learned coupling: W requires grad, so fwd+bwd includes dW.
-                impls.append(("triton-W", triton_fn(tiling, coupling_arg(
-                    "matrix", M, device, torch.float32))))
-            return impls
-
-        groups = [triton_impls]
+        # Chunked rows for every shape first, then the sequential kernel at L=1024, then
+        # mamba-ssm, then the slow PyTorch path: if the budget runs out, what is lost is the least
+        # informative.
+        L_mid = Ls[1]
+        W = coupling_arg("matrix", M, device, torch.float32)  # learned: fwd+bwd includes dW
+        groups = [
+            lambda N, L: [("chunked-mean", triton_fn(tilings["chunked"], "mean", "chunked"), None),
+                          ("chunked-none", triton_fn(tilings["chunked"], "none", "chunked"), None)],
+            lambda N, L: [] if L != L_mid else (
+                [("seq-mean", triton_fn(tilings["seq"], "mean", "seq"), None),
+                 ("seq-none", triton_fn(tilings["seq"], "none", "seq"), None)]
+                + ([("seq-W", triton_fn(tilings["seq"], W, "seq"), None)] if N == Ns[0] else [])),
+        ]
         if mamba:
-            groups.append(lambda N: [("mamba-ssm-x3", mamba)])
-        groups.append(lambda N: [("torch-mean", torch_fn("mean"))])
+            groups.append(lambda N, L: [("mamba-ssm-x3", mamba, None)])
+        # The PyTorch path only where it is cheap (it is 3-8x slower than the first kernel).
+        groups.append(lambda N, L: [("torch-mean", torch_fn("mean"),
+                                     ("fwd", "fwdbwd") if L == Ls[0] else
+                                     ("fwd",) if L == L_mid else ())])
         for impls_for in groups:
             for N in Ns:
                 for L in Ls:
+                    impls = impls_for(N, L)
+                    if not impls or all(modes == () for _, _, modes in impls):
+                        continue
                     kw = make_inputs(M, Bt_t, D, N, L, torch.float32, device)
-                    impls = impls_for(N)
                     if impls[0][0].startswith("mamba") and not run.over_budget():
                         with torch.no_grad():  # the same computation as coupling="none"?
-                            agree = rel(mamba(kw), triton_fn(tiling, "none")(kw))
+                            agree = rel(mamba(kw), triton_fn(tilings["chunked"], "none",
+                                                             "chunked")(kw))
                         run.res["meta"].setdefault("mamba_vs_triton_none_rel_err", {})[
                             f"N={N},L={L}"] = agree
-                        print(f"  N={N:<3d} L={L:<5d} mamba-ssm vs triton-none: "
+                        print(f"  N={N:<3d} L={L:<5d} mamba-ssm vs chunked-none: "
                               f"rel err {agree:.1e}")
                     for mode in ("fwd", "fwdbwd"):
-                        for name, fn in impls:
-                            time_row(name, fn, kw, N, L, mode)
+                        for name, fn, modes in impls:
+                            if modes is None or mode in modes:
+                                time_row(name, fn, kw, N, L, mode)
                     del kw
                     run.save()
 
@@ -414,40 +449,55 @@ def main(argv=None):
 
     # 3. tiling sweep ----------------------------------------------------------------------
     def sweep():
-        L = Ls[1]
-        for N in Ns:
-            MP, NP = 4, _triton._pow2(N)
-            bd_f = _triton._block_d(D, MP, NP, _triton.FWD_TILE)
-            bd_b = _triton._block_d(D, MP, NP, _triton.BWD_TILE)
-            kw = make_inputs(M, Bt_t, D, N, L, torch.float32, device)
-            configs = [
-                ("fwd", dict(block_d=bd_f)),
-                ("fwd", dict(block_d=bd_f * 2)),
-                ("fwd", dict(block_d=max(1, bd_f // 2), num_warps=2)),
-                ("fwd", dict(block_d=bd_f * 2, num_warps=8)),
-                ("fwdbwd", dict(block_d_bwd=bd_b)),
-                ("fwdbwd", dict(block_d_bwd=bd_b * 2, num_warps=8)),
-                ("fwdbwd", dict(block_d_bwd=max(1, bd_b // 2), num_warps=2)),
-                ("fwdbwd", dict(block_d_bwd=bd_b, sub_chunk=8 if not tiny else 2)),
-            ]
-            for mode, cfg in configs:
-                row = dict(N=N, L=L, mode=mode, config=cfg)
-                if run.over_budget():
-                    run.res["skipped"].append({**row, "why": "time budget"})
-                    continue
-                row.update(measure(triton_fn({**tiling, **cfg}, "mean"), kw, mode, device))
-                run.res["sweep"].append(row)
-                print(f"  N={N:<3d} L={L:<5d} {mode:6s} {json.dumps(cfg):48s} {row['ms']:9.3f} ms "
-                      f"(first call {row['first_call_s']:.1f}s)", flush=True)
-            del kw
+        L, N = Ls[1], Ns[-1]
+        kw = make_inputs(M, Bt_t, D, N, L, torch.float32, device)
+        base = tilings["chunked"]
+        configs = [  # the defaults are (BD=2, T=4) forward and backward at N=64
+            ("fwd", dict(block_d=2, time_block=8)),
+            ("fwd", dict(block_d=4, time_block=4)),
+            ("fwd", dict(block_d=4, time_block=4, num_warps=8)),
+            ("fwdbwd", dict(block_d_bwd=2, time_block_bwd=8)),
+            ("fwdbwd", dict(block_d_bwd=4, time_block_bwd=4, num_warps=8)),
+        ]
+        for mode, cfg in configs:
+            row = dict(N=N, L=L, mode=mode, config=cfg)
+            if run.over_budget():
+                run.res["skipped"].append({**row, "why": "time budget"})
+                continue
+            row.update(measure(triton_fn({**base, **cfg}, "mean", "chunked"), kw, mode, device))
+            run.res["sweep"].append(row)
+            print(f"  N={N:<3d} L={L:<5d} {mode:6s} {json.dumps(cfg):52s} {row['ms']:9.3f} ms "
+                  f"(first call {row['first_call_s']:.1f}s)", flush=True)
+        del kw
 
     if not args.no_sweep:
-        run.section("tiling sweep (coupling='mean')", sweep)
+        run.section("tiling sweep (chunked, coupling='mean')", sweep)
 
     print_table(run)
     run.save()
     print(f"\nwrote {args.out} (elapsed {run.elapsed():.0f}s)")
     return 0 if not run.res["errors"] and all(r["ok"] for r in run.res["correctness"]) else 1
+
+
+IMPLS = ["chunked-mean", "chunked-none", "seq-mean", "seq-none", "seq-W", "torch-mean",
+         "mamba-ssm-x3"]
+
+
+def recommend(t):
+    """{coupling kind: variant} from the timings t[(N, L, mode, impl)] = ms: the variant with the
+    smaller total time over the sizes where both were measured."""
+    out = {}
+    for kind in ("mean", "none"):
+        tot = {"chunked": 0.0, "seq": 0.0}
+        n = 0
+        for (N, L, mode, impl), ms in t.items():
+            other = t.get((N, L, mode, f"seq-{kind}"))
+            if impl == f"chunked-{kind}" and other is not None:
+                tot["chunked"] += ms
+                tot["seq"] += other
+                n += 1
+        out[kind] = (min(tot, key=tot.get), tot, n) if n else (None, tot, 0)
+    return out
 
 
 def print_table(run):
@@ -458,26 +508,51 @@ def print_table(run):
         worst = max(res["correctness"], key=lambda r: r["max_error"])
         n_ok = sum(r["ok"] for r in res["correctness"])
         print(f"correctness: {n_ok}/{len(res['correctness'])} checks pass; worst "
-              f"{worst['max_error']:.2e} ({worst['check']}, {worst['coupling']}, {worst['dtype']})")
+              f"{worst['max_error']:.2e} ({worst['check']}, {worst['variant']}, "
+              f"{worst['coupling']}, {worst['dtype']})")
+        for r in res["correctness"]:
+            if not r["ok"]:
+                print(f"  FAIL {r['check']} {r['variant']} {r['coupling']} {r['dtype']} "
+                      f"N={r['shape']['N']}: {r['max_error']:.2e}")
     t = {(r["N"], r["L"], r["mode"], r["impl"]): r["ms"] for r in res["timings"]}
-    impls = ["triton-mean", "triton-none", "triton-W", "torch-mean", "mamba-ssm-x3"]
     for mode in ("fwd", "fwdbwd"):
         print(f"\n{mode} ms (Bt={res['meta']['Bt']}, M={res['meta']['M']}, "
-              f"D={res['meta']['D']}); ratio = triton-mean / triton-none, vs torch = speed-up "
-              "over the PyTorch path, vs mamba = triton-mean / mamba-ssm-x3")
-        print(f"{'N':>4s} {'L':>5s} " + " ".join(f"{i:>13s}" for i in impls)
-              + f" {'ratio':>6s} {'vs torch':>8s} {'vs mamba':>8s}")
+              f"D={res['meta']['D']}); ratio = chunked-mean / chunked-none (target <= 1.2), "
+              "faster = chunked or seq for 'mean' where both ran, vs torch = speed-up of "
+              "chunked-mean over the PyTorch path, vs mamba = chunked-mean / mamba-ssm-x3")
+        print(f"{'N':>4s} {'L':>5s} " + " ".join(f"{i:>12s}" for i in IMPLS)
+              + f" {'ratio':>6s} {'faster':>8s} {'vs torch':>8s} {'vs mamba':>8s}")
         for N in res["meta"]["Ns"]:
             for L in res["meta"]["Ls"]:
-                vals = [t.get((N, L, mode, i)) for i in impls]
-                cells = " ".join(f"{v:13.3f}" if v is not None else f"{'-':>13s}" for v in vals)
-                ratio = vals[0] / vals[1] if vals[0] and vals[1] else None
-                speed = vals[3] / vals[0] if vals[0] and vals[3] else None
-                vs_mamba = vals[0] / vals[4] if vals[0] and vals[4] else None
+                v = dict(zip(IMPLS, [t.get((N, L, mode, i)) for i in IMPLS], strict=True))
+                cells = " ".join(f"{x:12.3f}" if x is not None else f"{'-':>12s}"
+                                 for x in v.values())
+                cm = v["chunked-mean"]
+                ratio = cm / v["chunked-none"] if cm and v["chunked-none"] else None
+                faster = (("chunked" if cm <= v["seq-mean"] else "seq")
+                          + f" {max(cm, v['seq-mean']) / min(cm, v['seq-mean']):.0f}x"
+                          if cm and v["seq-mean"] else None)
+                speed = v["torch-mean"] / cm if cm and v["torch-mean"] else None
+                vs_mamba = cm / v["mamba-ssm-x3"] if cm and v["mamba-ssm-x3"] else None
                 print(f"{N:4d} {L:5d} {cells} "
                       + (f"{ratio:6.2f}" if ratio else f"{'-':>6s}") + " "
-                      + (f"{speed:7.2f}x" if speed else f"{'-':>8s}") + " "
+                      + (f"{faster:>8s}" if faster else f"{'-':>8s}") + " "
+                      + (f"{speed:7.1f}x" if speed else f"{'-':>8s}") + " "
                       + (f"{vs_mamba:8.2f}" if vs_mamba else f"{'-':>8s}"))
+    rec = recommend(t)
+    res["recommendation"] = {k: v[0] for k, v in rec.items()}
+    parts = []
+    for kind, (best, tot, n) in rec.items():
+        if best is None:
+            parts.append(f"{kind}: no comparison measured")
+        else:
+            parts.append(f"{kind}: {best} (chunked {tot['chunked']:.1f} ms vs seq "
+                         f"{tot['seq']:.1f} ms over {n} rows)")
+    print("\nrecommendation for variant='auto': " + "; ".join(parts)
+          + "; general W: seq (the only variant)")
+    if res["sweep"]:
+        print("\nsweep (chunked, 'mean'): " + "; ".join(
+            f"{r['mode']} {json.dumps(r['config'])} {r['ms']:.3f} ms" for r in res["sweep"]))
     if res["skipped"]:
         print(f"\nskipped {len(res['skipped'])} measurements: "
               + "; ".join(sorted({s['why'].split(' ~')[0] for s in res['skipped']})))

@@ -30,9 +30,11 @@ from coupled_mamba.ops import _triton, coupled_selective_scan_ref  # noqa: E402
 INTERPRETING = os.environ.get("TRITON_INTERPRET", "0") == "1"
 TOL = {torch.float64: 1e-10, torch.float32: 2e-5}
 GRAD_NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias", "initial_state")
-# Tiny tiling: chunks of 8 steps, 4 states in registers, 2 channels per program (so dB and dC
-# are summed over programs with atomics) unless a test says otherwise.
-TINY = dict(chunk=8, sub_chunk=4, block_d=2, block_d_bwd=2)
+# Tiny tilings, 2 channels per program (so dB and dC are summed over programs with atomics)
+# unless a test says otherwise. The sequential kernel ("seq"): checkpoints every 8 steps, 4
+# states in registers. The chunked kernel: chunks of 4 steps under autograd (8 without).
+TINY = dict(variant="seq", chunk=8, sub_chunk=4, block_d=2, block_d_bwd=2)
+CHUNKED = dict(variant="chunked", time_block=8, time_block_bwd=4, block_d=2, block_d_bwd=2)
 
 
 def _matrix(M, dtype, seed=1):
@@ -69,11 +71,13 @@ def _triton_fn(**tiling):
     return fn
 
 
-def _compare(kw, coupling, softplus=True, last=True, tol=None, **tiling):
-    """Assert that the Triton scan matches the reference: y, last state, every gradient."""
+def _compare(kw, coupling, softplus=True, last=True, tol=None, base=TINY, **tiling):
+    """Assert that the Triton scan matches the reference: y, last state, every gradient.
+
+    ``base``: the tiling (and kernel variant) that ``tiling`` amends."""
     tol = tol or TOL[kw["u"].dtype]
     y_r, h_r, g_r = _run(coupled_selective_scan_ref, kw, coupling, softplus, last)
-    y_t, h_t, g_t = _run(_triton_fn(**{**TINY, **tiling}), kw, coupling, softplus, last)
+    y_t, h_t, g_t = _run(_triton_fn(**{**base, **tiling}), kw, coupling, softplus, last)
     assert y_t.dtype == kw["u"].dtype and y_t.shape == y_r.shape
     assert _rel(y_t, y_r) < tol, f"y: {_rel(y_t, y_r)}"
     if last:
@@ -87,6 +91,11 @@ def _compare(kw, coupling, softplus=True, last=True, tol=None, **tiling):
 
 
 COUPLINGS = ["none", "mean", "sum", 0.3, "matrix"]
+# What each kernel variant is tested with in the interpreter: the chunked kernel every coupling
+# it takes (alpha 0 and 1 are "none" and "mean" in disguise); the sequential one the general
+# couplings it alone serves, and "mean" once more (its rank-one path).
+SEQ_COUPLINGS = ["mean", 0.3, "matrix"]
+CHUNKED_COUPLINGS = ["none", "mean", "sum", 0.0, 1.0]
 
 
 class TestInterpreter:
@@ -99,12 +108,12 @@ class TestInterpreter:
     __test__ = INTERPRETING
 
 
-    @pytest.mark.parametrize("coupling", COUPLINGS)
+    @pytest.mark.parametrize("coupling", SEQ_COUPLINGS)
     def test_matches_reference_all_couplings(self, coupling, make_scan_inputs):
-        # M = 3 (padded to 4), D = 4 in 2 programs, N = 5 (padded to 8), L = 21: 3 chunks, the last
-        # partial, and a partial register sub-chunk. Every optional input, gradients through y and h.
-        # Two batch rows where the coupling mixes most (the interpreter is slow: one elsewhere).
-        Bt = 2 if coupling in ("mean", "matrix") else 1
+        # Sequential kernel. M = 3 (padded to 4), D = 4 in 2 programs, N = 5 (padded to 8),
+        # L = 21: 3 chunks, the last partial, and a partial register sub-chunk. Every optional
+        # input, gradients through y and h. Two batch rows where the coupling mixes most.
+        Bt = 2 if coupling == "matrix" else 1
         kw = make_scan_inputs(M=3, Bt=Bt, D=4, N=5, L=21, with_state=True)
         W = _matrix(3, torch.float64) if coupling == "matrix" else coupling
         with warnings.catch_warnings():
@@ -116,7 +125,7 @@ class TestInterpreter:
     def test_float32(self, coupling, make_scan_inputs):
         kw = make_scan_inputs(M=2, Bt=1, D=4, N=4, L=19, dtype=torch.float32, with_state=True)
         W = _matrix(2, torch.float32) if coupling == "matrix" else coupling
-        _compare(kw, W)
+        _compare(kw, W, base=CHUNKED if coupling == "mean" else TINY)
 
 
     OPTIONAL = [
@@ -138,7 +147,7 @@ class TestInterpreter:
         if not softplus:
             # Without softplus delta must already be a positive step.
             kw["delta"] = kw["delta"].detach().abs().add(0.05).requires_grad_(True)
-        _compare(kw, "mean", softplus=softplus, last=with_state)
+        _compare(kw, "mean", softplus=softplus, last=with_state, base=CHUNKED)
         _compare(kw, _matrix(2, torch.float64), softplus=softplus, last=not with_state)
 
 
@@ -156,15 +165,46 @@ class TestInterpreter:
     def test_shapes_and_tilings(self, M, D, N, L, tiling, make_scan_inputs):
         kw = make_scan_inputs(M=M, Bt=1, D=D, N=N, L=L, with_state=True)
         _compare(kw, _matrix(M, torch.float64), **tiling)
-        _compare(kw, "mean", **tiling)
+
+    @pytest.mark.parametrize(
+        "M,D,N,L,tiling",
+        [
+            (1, 3, 4, 1, {}),  # one modality, L = 1 (the streaming step)
+            (2, 4, 3, 3, dict(block_d=4, block_d_bwd=4)),  # L < chunk; one channel block,
+            # so dB and dC are stored without atomics
+            (4, 2, 2, 8, dict(block_d=1, block_d_bwd=1)),  # L a multiple of the chunk; no
+            # padding in M; one channel per program
+            (2, 2, 4, 10, dict(time_block_bwd=2, block_d=4, block_d_bwd=4)),  # 5 chunks
+        ],
+        ids=["M1-L1", "M2-L3-oneblock", "M4-L8-bd1", "L10-T2"],
+    )
+    def test_chunked_shapes_and_tilings(self, M, D, N, L, tiling, make_scan_inputs):
+        kw = make_scan_inputs(M=M, Bt=1, D=D, N=N, L=L, with_state=True)
+        _compare(kw, "mean", base=CHUNKED, **tiling)
+        if M > 1:
+            _compare(kw, "none", base=CHUNKED, **tiling)
+
+    @pytest.mark.parametrize("coupling", CHUNKED_COUPLINGS, ids=str)
+    def test_chunked_matches_reference(self, coupling, make_scan_inputs):
+        # Chunked kernel. M = 3, D = 3 in 2 programs (one padded), N = 5 (padded to 8), L = 11:
+        # 3 chunks of 4 under autograd, the last partial. Every optional input, gradients
+        # through y and h (initial_state included). Two batch rows for "mean".
+        Bt = 2 if coupling == "mean" else 1
+        kw = make_scan_inputs(M=3, Bt=Bt, D=3, N=5, L=11, with_state=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # "sum" is not contractive
+            _compare(kw, coupling, base=CHUNKED)
 
 
-    @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
-    def test_half_inputs_computed_in_fp32(self, dtype, make_scan_inputs):
+    @pytest.mark.parametrize(
+        "dtype,tiling",
+        [(torch.bfloat16, CHUNKED), (torch.float16, TINY)], ids=["bf16-chunked", "fp16-seq"],
+    )
+    def test_half_inputs_computed_in_fp32(self, dtype, tiling, make_scan_inputs):
         kw = make_scan_inputs(M=2, Bt=1, D=4, N=4, L=17, dtype=dtype, with_state=True)
         for name in ("A", "D", "delta_bias", "initial_state"):  # parameters may stay fp32
             kw[name] = kw[name].detach().float().requires_grad_(True)
-        y_t, h_t, g_t = _run(_triton_fn(**TINY), kw, "mean")
+        y_t, h_t, g_t = _run(_triton_fn(**tiling), kw, "mean")
         assert y_t.dtype == dtype and h_t.dtype == torch.float32
         # The reference on the same values upcast: only the final rounding to the half type differs.
         kw32 = {k: v.detach().float().requires_grad_(True) for k, v in kw.items()}
@@ -185,36 +225,47 @@ class TestInterpreter:
         raw[..., 1::3] = -30.0 + raw[..., 1::3]
         kw["delta"] = raw.requires_grad_(True)
         kw["A"] = (kw["A"].detach() * 0.01).requires_grad_(True)  # keep exp(dt A) away from 0
-        _compare(kw, "mean")
+        _compare(kw, "mean", base=CHUNKED)
 
 
-    def test_piecewise_equals_whole(self, make_scan_inputs):
+    @pytest.mark.parametrize("coupling,tiling", [(0.5, TINY), ("mean", CHUNKED),
+                                                 ("none", CHUNKED)], ids=str)
+    def test_piecewise_equals_whole(self, coupling, tiling, make_scan_inputs):
         kw = make_scan_inputs(M=2, Bt=1, D=3, N=4, L=14, with_state=True, requires_grad=False)
-        fn = _triton_fn(**TINY)
-        y, h = fn(**kw, coupling=0.5, delta_softplus=True, return_last_state=True)
+        fn = _triton_fn(**tiling)
+        y, h = fn(**kw, coupling=coupling, delta_softplus=True, return_last_state=True)
         rest = {k: v for k, v in kw.items() if k != "initial_state"}
         first = {k: (v[..., :9] if v.dim() == 4 else v) for k, v in rest.items()}
         second = {k: (v[..., 9:] if v.dim() == 4 else v) for k, v in rest.items()}
-        y1, h1 = fn(**first, initial_state=kw["initial_state"], coupling=0.5, delta_softplus=True,
-                    return_last_state=True)
-        y2, h2 = fn(**second, initial_state=h1, coupling=0.5, delta_softplus=True,
+        y1, h1 = fn(**first, initial_state=kw["initial_state"], coupling=coupling,
+                    delta_softplus=True, return_last_state=True)
+        y2, h2 = fn(**second, initial_state=h1, coupling=coupling, delta_softplus=True,
                     return_last_state=True)
         assert _rel(torch.cat([y1, y2], -1), y) < 1e-12
         assert _rel(h2, h) < 1e-12
 
 
-    def test_forward_without_grad_stores_no_checkpoints(self, make_scan_inputs):
+    @pytest.mark.parametrize("tiling", [TINY, CHUNKED], ids=["seq", "chunked"])
+    def test_forward_without_grad_stores_no_checkpoints(self, tiling, make_scan_inputs):
+        # Chunked: chunks of 8 without autograd (4 with), so L = 11 takes a partial second one.
         kw = make_scan_inputs(M=2, Bt=1, D=3, N=4, L=11, with_state=True, requires_grad=False)
         with torch.no_grad():
-            y = _triton.coupled_selective_scan_triton(**kw, delta_softplus=True, **TINY)
+            y, h = _triton.coupled_selective_scan_triton(
+                **kw, delta_softplus=True, return_last_state=True, **tiling)
         assert not y.requires_grad
-        assert _rel(y, coupled_selective_scan_ref(**kw, delta_softplus=True)) < 1e-10
+        y_r, h_r = coupled_selective_scan_ref(**kw, delta_softplus=True, return_last_state=True)
+        assert _rel(y, y_r) < 1e-10 and _rel(h, h_r) < 1e-10
 
 
     def test_dispatcher_reaches_triton_only_when_asked(self, monkeypatch, make_scan_inputs):
         kw = make_scan_inputs(M=2, Bt=1, D=3, N=4, L=9, requires_grad=False)
         y = coupled_selective_scan(**kw, delta_softplus=True, impl="triton")  # default tiling
         assert _rel(y, coupled_selective_scan_ref(**kw, delta_softplus=True)) < 1e-10
+        # variant="auto" takes the sequential kernel for a general W (chunked would raise).
+        W = _matrix(2, torch.float64).detach()
+        y = coupled_selective_scan(**kw, delta_softplus=True, coupling=W, impl="triton")
+        y_r = coupled_selective_scan_ref(**kw, delta_softplus=True, coupling=W)
+        assert _rel(y, y_r) < 1e-10
 
         def boom(*args, **kwargs):
             raise AssertionError("impl='auto' picked the Triton interpreter for CPU tensors")
@@ -241,7 +292,7 @@ def test_interpreter_suite():
     summary = out.strip().splitlines()[-1] if out.strip() else ""
     assert proc.returncode == 0, f"interpreter cases failed:\n{out[-6000:]}"
     passed = re.search(r"(\d+) passed", summary)
-    assert passed and int(passed.group(1)) >= 20, summary
+    assert passed and int(passed.group(1)) >= 28, summary
     assert not re.search(r"failed|error|skipped", summary), summary
 
 
@@ -258,22 +309,64 @@ def test_cpu_tensors_need_the_interpreter(make_scan_inputs):
 def test_bad_tiling_raises(make_scan_inputs):
     kw = make_scan_inputs(M=2, Bt=1, D=3, N=4, L=5, requires_grad=False)
     with pytest.raises(ValueError, match="chunk"):
-        _triton.coupled_selective_scan_triton(**kw, chunk=12)
+        _triton.coupled_selective_scan_triton(**kw, variant="seq", chunk=12)
     with pytest.raises(ValueError, match="sub_chunk"):
-        _triton.coupled_selective_scan_triton(**kw, chunk=4, sub_chunk=8)
-    with pytest.raises(ValueError, match="block_d"):
-        _triton.coupled_selective_scan_triton(**kw, block_d=3)
+        _triton.coupled_selective_scan_triton(**kw, variant="seq", chunk=4, sub_chunk=8)
+    for variant in ("seq", "chunked"):
+        with pytest.raises(ValueError, match="block_d"):
+            _triton.coupled_selective_scan_triton(**kw, variant=variant, block_d=3)
+    with pytest.raises(ValueError, match="time_block"):
+        _triton.coupled_selective_scan_triton(**kw, variant="chunked", time_block=6)
+    with pytest.raises(ValueError, match="variant"):
+        _triton.coupled_selective_scan_triton(**kw, variant="fast")
+
+
+def test_chunked_rejects_general_coupling(make_scan_inputs):
+    kw = make_scan_inputs(M=2, Bt=1, D=3, N=4, L=5, requires_grad=False)
+    with pytest.raises(ValueError, match="variant='seq'"):
+        _triton.coupled_selective_scan_triton(**kw, coupling=0.3, variant="chunked")
+
+
+def test_variant_environment_override(monkeypatch, make_scan_inputs):
+    kw = make_scan_inputs(M=2, Bt=1, D=3, N=4, L=5, requires_grad=False)
+    monkeypatch.setenv(_triton.VARIANT_ENV, "fastest")
+    with pytest.raises(ValueError, match=_triton.VARIANT_ENV):
+        _triton.coupled_selective_scan_triton(**kw)
+
+
+def _ptxas_usage(ptx: str, tmp_path) -> tuple[int, int] | None:
+    """(registers, spill-store bytes) per thread from the ptxas bundled with Triton, or None."""
+    import triton
+
+    src = tmp_path / "k.ptx"
+    src.write_text(ptx)
+    bindir = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
+    for name in ("ptxas-blackwell", "ptxas"):  # the first that takes this PTX version
+        exe = os.path.join(bindir, name)
+        if not os.path.exists(exe):
+            continue
+        out = subprocess.run([exe, "-v", "--gpu-name", "sm_90a", str(src), "-o",
+                              str(tmp_path / "k.cubin")], capture_output=True, text=True)
+        regs = re.search(r"Used (\d+) registers", out.stderr)
+        spills = re.search(r"(\d+) bytes spill stores", out.stderr)
+        if out.returncode == 0 and regs and spills:
+            return int(regs.group(1)), int(spills.group(1))
+    return None
 
 
 @compiled_mode
-def test_kernels_compile_for_sm90():
-    """Triton's real compiler (not the interpreter) accepts both kernels, down to a cubin.
+def test_kernels_compile_for_sm90(tmp_path):
+    """Triton's real compiler (not the interpreter) accepts every kernel, down to a cubin.
 
-    The general coupling with every optional input and dW is the largest specialisation.
+    Sequential kernels: the general coupling with every optional input and dW is the largest
+    specialisation. Chunked kernels: rank one (all M modalities in a program) and "none" with
+    every optional input at the default tiling for N = 64 and N = 16, checked for register
+    spills with ptxas where it runs here.
     """
     k = _triton._kernels()[0]
-    M, Bt, Dd, N, L = 3, 2, 16, 16, 40
+    M, Bt, Dd, L = 3, 2, 256, 40
     e = torch.empty
+    N = 16
     u, B = e(M, Bt, Dd, L), e(M, Bt, N, L)
     A, h = e(M, Dd, N), e(M, Bt, Dd, N)
     p, W, ckpt = e(M, Dd), e(M, M), e(1, M, Bt, Dd, N)
@@ -281,14 +374,32 @@ def test_kernels_compile_for_sm90():
                           sub_chunk=_triton.SUB_CHUNK, block_d_fwd=8, block_d_bwd=4,
                           num_warps=4)
     args, meta = _triton._fwd_launch(u, u, A, B, B, p, u, p, W, h, u, h, ckpt, cfg, True)
-    fwd = _triton._compile_for(k._fwd_kernel, args, meta, cfg.num_warps)
+    compiled = [_triton._compile_for(k._fwd_kernel, args, meta, cfg.num_warps)]
     grads = (u, u, u, B, B, e(Bt, M, Dd, N), e(Bt, M, Dd), e(Bt, M, Dd), e(Bt, 4, M, M), h)
     args, meta = _triton._bwd_launch(u, u, A, B, B, p, u, p, W, ckpt, u, h, e(8), grads, cfg,
                                      True, True)
-    bwd = _triton._compile_for(k._bwd_kernel, args, meta, cfg.num_warps)
-    for compiled in (fwd, bwd):
-        assert ".target sm_90" in compiled.asm["ptx"]
-        assert compiled.asm.get("cubin")
+    compiled.append(_triton._compile_for(k._bwd_kernel, args, meta, cfg.num_warps))
+    for N, n_mod in ((64, M), (64, 1), (16, M)):
+        B, A, h = e(M, Bt, N, L), e(M, Dd, N), e(M, Bt, Dd, N)
+        bd = _triton._chunk_block_d(Dd, _triton._pow2(N), 4)
+        ccfg = _triton._ChunkConfig(
+            n_mod=n_mod, weight=1.0, softplus=True, t_fwd=_triton._chunk_t_fwd(N),
+            t_bwd=_triton.CHUNK_T_BWD, block_d_fwd=bd, block_d_bwd=bd, num_warps=4)
+        for save in (False, True):
+            args, meta = _triton._chunk_fwd_launch(u, u, A, B, B, p, u, p, h, u, h, e(1, 1),
+                                                   ccfg, save)
+            compiled.append(_triton._compile_for(k._fwd_chunk_kernel, args, meta, 4))
+        grads = (u, u, u, B, B, e(Bt, M, Dd, N), e(Bt, M, Dd), e(Bt, M, Dd), h)
+        args, meta = _triton._chunk_bwd_launch(u, u, A, B, B, p, u, p, e(1, 1), u, h, grads,
+                                               ccfg, True)
+        compiled.append(_triton._compile_for(k._bwd_chunk_kernel, args, meta, 4))
+    for i, c in enumerate(compiled):
+        assert ".target sm_90" in c.asm["ptx"]
+        assert c.asm.get("cubin")
+        if i >= 2:  # the chunked kernels must fit in registers
+            usage = _ptxas_usage(c.asm["ptx"], tmp_path)
+            if usage is not None:
+                assert usage[1] == 0, f"chunked kernel {i}: {usage[1]} bytes of register spills"
 
 
 # --- on a GPU ------------------------------------------------------------------------------
@@ -301,7 +412,9 @@ gpu = pytest.mark.skipif(not torch.cuda.is_available() or INTERPRETING,
 @gpu
 @pytest.mark.parametrize("coupling", COUPLINGS)
 def test_gpu_matches_reference(coupling, make_scan_inputs):
-    kw = make_scan_inputs(M=3, Bt=2, D=40, N=16, L=150, dtype=torch.float32, device="cuda",
+    # "sum" overflows float32 after ~80 steps by design (SPEC section 2): a short sequence.
+    L = 40 if coupling == "sum" else 150
+    kw = make_scan_inputs(M=3, Bt=2, D=40, N=16, L=L, dtype=torch.float32, device="cuda",
                           with_state=True)
     W = _matrix(3, torch.float32).cuda() if coupling == "matrix" else coupling
     with warnings.catch_warnings():

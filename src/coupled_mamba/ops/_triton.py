@@ -3,8 +3,9 @@
     h[t][m] = exp(dt A)[m] * sum_k W[m, k] h[t-1][k] + dt B u;   y = (C h + D u) * silu(z)
 
 Shapes: M modalities, Bt batch, D channels, N state size, L length. The kernels live in
-``_triton_kernels.py``; their design (grid, registers, checkpoints, reverse pass, reductions) is in
-docs/triton_kernel.md.
+``_triton_kernels.py``: a chunked design (associative scan over chunks of time; couplings "none",
+"mean", "sum") and a sequential one (every coupling); ``variant`` picks. Their design (grid,
+registers, checkpoints, reverse pass, reductions) is in docs/triton_kernel.md.
 
 Devices. CUDA tensors run the compiled kernels. With ``TRITON_INTERPRET=1`` set before triton is
 first imported, Triton's interpreter runs them instead (numpy, slow, on CPU tensors too; the
@@ -32,6 +33,15 @@ CHUNK = 64
 SUB_CHUNK = 4
 FWD_TILE = 512
 BWD_TILE = 256
+# Chunked variant ("none", "mean", "sum"): T steps per chunk (the backward's T is also its
+# checkpoint interval) and channels per program so that NP * BD spans the threads (T stays
+# inside each thread). Register-count guesses until the GPU sweep has run.
+CHUNK_T_FWD = 8
+CHUNK_T_BWD = 4
+CHUNK_ND = 128  # NP * BD with 4 warps: one (n, d) pair per thread
+VARIANTS = ("auto", "seq", "chunked")
+# Overrides variant="auto" process-wide (benchmarks, A/B runs): "seq" or "chunked".
+VARIANT_ENV = "COUPLED_MAMBA_TRITON_VARIANT"
 
 
 def _interpreting() -> bool:
@@ -151,6 +161,136 @@ def _bwd_launch(u, delta, A, B, C, D, z, delta_bias, W, ckpt, dy, dlast, scratch
     return args, meta
 
 
+@dataclass(frozen=True)
+class _ChunkConfig:
+    """What the chunked kernels specialise on, besides the tensors."""
+
+    n_mod: int  # modalities per program: M (rank one) or 1 ("none", one program per modality)
+    weight: float  # w of a rank-one coupling (1 for "none")
+    softplus: bool
+    t_fwd: int  # steps per chunk without gradient
+    t_bwd: int  # steps per chunk with gradient = checkpoint interval
+    block_d_fwd: int
+    block_d_bwd: int
+    num_warps: int
+
+
+def _chunk_fwd_launch(u, delta, A, B, C, D, z, delta_bias, h0, y, last, ckpt, cfg, save):
+    """Positional arguments and constexpr keywords of _fwd_chunk_kernel."""
+    M, Bt, Dd, L = u.shape
+    N = A.shape[-1]
+
+    def opt(x):
+        return u if x is None else x
+
+    args = [u, delta, A, B, C, opt(D), opt(z), opt(delta_bias), opt(h0), y, last, ckpt,
+            Bt, Dd, N, L, cfg.weight]
+    meta = dict(
+        M=M, NM=cfg.n_mod, BD=cfg.block_d_fwd, NP=_pow2(N),
+        T=cfg.t_bwd if save else cfg.t_fwd, SOFTPLUS=cfg.softplus, HAS_D=D is not None,
+        HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, HAS_H0=h0 is not None, SAVE=save,
+        CT=_tl_dtype(last.dtype),
+    )
+    return args, meta
+
+
+def _chunk_bwd_launch(u, delta, A, B, C, D, z, delta_bias, ckpt, dy, dlast, grads, cfg, atomic):
+    """Positional arguments and constexpr keywords of _bwd_chunk_kernel."""
+    M, Bt, Dd, L = u.shape
+    N = A.shape[-1]
+
+    def opt(x):
+        return u if x is None else x
+
+    args = [u, delta, A, B, C, opt(D), opt(z), opt(delta_bias), ckpt, dy, opt(dlast),
+            *map(opt, grads), Bt, Dd, N, L, cfg.weight]
+    meta = dict(
+        M=M, NM=cfg.n_mod, BD=cfg.block_d_bwd, NP=_pow2(N), T=cfg.t_bwd,
+        SOFTPLUS=cfg.softplus, HAS_D=D is not None, HAS_Z=z is not None,
+        HAS_BIAS=delta_bias is not None, HAS_H0=grads[-1] is not None,
+        HAS_DLAST=dlast is not None, ATOMIC_BC=atomic, CT=_tl_dtype(ckpt.dtype),
+    )
+    return args, meta
+
+
+def _grad_buffers(u, delta, B, C, z, atomic, part_alloc, partial_shapes, ct):
+    """du, ddelta, dz (input shapes), dB, dC (fp32 when summed with atomics) and the partial sums
+    of dA, dD, d delta_bias (``partial_shapes``, None where the input is absent)."""
+    dev = u.device
+    bc_dtype = torch.float32 if atomic and B.dtype != torch.float64 else B.dtype
+    alloc = torch.zeros if atomic else torch.empty
+    out = [torch.empty_like(u), torch.empty_like(delta),
+           torch.empty_like(z) if z is not None else None,
+           alloc(B.shape, device=u.device, dtype=bc_dtype),
+           alloc(C.shape, device=u.device, dtype=bc_dtype)]
+    out += [None if shape is None else part_alloc(shape, device=dev, dtype=ct)
+            for shape in partial_shapes]
+    return out
+
+
+class _CoupledScanTritonChunked(torch.autograd.Function):
+    """Autograd around the chunked kernels ("none" and rank-one couplings)."""
+
+    @staticmethod
+    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, h0, cfg: _ChunkConfig):
+        M, Bt, Dd, L = u.shape
+        N = A.shape[-1]
+        ct = torch.float64 if u.dtype == torch.float64 else torch.float32
+        save = any(ctx.needs_input_grad[:9])
+        chains = M // cfg.n_mod
+        n_chunks = -(-L // cfg.t_bwd)
+        y = torch.empty_like(u)
+        last = torch.empty(M, Bt, Dd, N, device=u.device, dtype=ct)
+        # One state per chain and chunk: 1 / M of the coupled states for rank one.
+        ckpt = torch.empty(n_chunks if save else 1, chains, Bt, Dd, N, device=u.device, dtype=ct)
+        args, meta = _chunk_fwd_launch(u, delta, A, B, C, D, z, delta_bias, h0, y, last, ckpt,
+                                       cfg, save)
+        grid = (triton_cdiv(Dd, cfg.block_d_fwd), Bt, chains)
+        _kernels()[0]._fwd_chunk_kernel[grid](*args, **meta, **_launch_options(cfg))
+        if save:
+            ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, h0, ckpt)
+        ctx.cfg = cfg
+        return y, last
+
+    @staticmethod
+    def backward(ctx, dy, dlast):
+        u, delta, A, B, C, D, z, delta_bias, h0, ckpt = ctx.saved_tensors
+        cfg: _ChunkConfig = ctx.cfg
+        M, Bt, Dd, L = u.shape
+        N = A.shape[-1]
+        ct = ckpt.dtype
+        n_dblk = triton_cdiv(Dd, cfg.block_d_bwd)
+        atomic = n_dblk > 1
+        dy = dy.contiguous()
+        # Per batch row partial sums of dA, dD, d delta_bias, accumulated chunk by chunk.
+        du, ddelta, dz, dB, dC, dA, dD, dbias = _grad_buffers(
+            u, delta, B, C, z, atomic, torch.zeros,
+            [(Bt, M, Dd, N), None if D is None else (Bt, M, Dd),
+             None if delta_bias is None else (Bt, M, Dd)], ct)
+        dh0 = torch.empty_like(h0) if h0 is not None else None
+        args, meta = _chunk_bwd_launch(
+            u, delta, A, B, C, D, z, delta_bias, ckpt, dy,
+            None if dlast is None else dlast.contiguous(),
+            (du, ddelta, dz, dB, dC, dA, dD, dbias, dh0), cfg, atomic,
+        )
+        grid = (n_dblk, Bt, M // cfg.n_mod)
+        _kernels()[0]._bwd_chunk_kernel[grid](*args, **meta, **_launch_options(cfg))
+        return (
+            du, ddelta, dA.sum(0).to(A.dtype), dB.to(B.dtype), dC.to(C.dtype),
+            None if D is None else dD.sum(0).to(D.dtype), dz,
+            None if delta_bias is None else dbias.sum(0).to(delta_bias.dtype), dh0, None,
+        )
+
+
+def _chunk_t_fwd(N: int) -> int:
+    """Default steps per chunk without autograd: 8, or 4 from N = 64 (registers)."""
+    return CHUNK_T_FWD if _pow2(N) < 64 else CHUNK_T_FWD // 2
+
+
+def _chunk_block_d(D: int, NP: int, num_warps: int) -> int:
+    return max(1, min(_pow2(D), _pow2(max(1, CHUNK_ND * num_warps // (4 * NP)))))
+
+
 class _CoupledScanTriton(torch.autograd.Function):
     @staticmethod
     def forward(ctx, u, delta, A, B, C, D, z, delta_bias, W, h0, cfg: _Config):
@@ -186,16 +326,10 @@ class _CoupledScanTriton(torch.autograd.Function):
         need_dw = W is not None and ctx.needs_input_grad[8]
         atomic = n_dblk > 1
         dy = dy.contiguous()
-        du = torch.empty_like(u)
-        ddelta = torch.empty_like(delta)
-        dz = torch.empty_like(z) if z is not None else None
-        bc_dtype = torch.float32 if atomic and B.dtype != torch.float64 else B.dtype
-        alloc = torch.zeros if atomic else torch.empty
-        dB = alloc(B.shape, device=dev, dtype=bc_dtype)
-        dC = alloc(C.shape, device=dev, dtype=bc_dtype)
-        dA = torch.empty(Bt, M, Dd, N, device=dev, dtype=ct)
-        dD = torch.empty(Bt, M, Dd, device=dev, dtype=ct) if D is not None else None
-        dbias = torch.empty(Bt, M, Dd, device=dev, dtype=ct) if delta_bias is not None else None
+        du, ddelta, dz, dB, dC, dA, dD, dbias = _grad_buffers(
+            u, delta, B, C, z, atomic, torch.empty,
+            [(Bt, M, Dd, N), None if D is None else (Bt, M, Dd),
+             None if delta_bias is None else (Bt, M, Dd)], ct)
         dW = torch.empty(Bt, n_dblk, M, M, device=dev, dtype=ct) if need_dw else None
         dh0 = torch.empty_like(h0) if h0 is not None else None
         scratch = torch.empty(Bt * n_dblk * (cfg.chunk // cfg.sub_chunk) * MP * bd * NP,
@@ -243,6 +377,9 @@ def coupled_selective_scan_triton(
     block_d: int | None = None,
     block_d_bwd: int | None = None,
     num_warps: int = 4,
+    variant: str = "auto",
+    time_block: int | None = None,
+    time_block_bwd: int | None = None,
 ):
     """Coupled selective scan with fused Triton kernels, forward and backward.
 
@@ -251,13 +388,39 @@ def coupled_selective_scan_triton(
     u, delta, z (M, Bt, D, L); A (M, D, N); B, C (M, Bt, N, L); D, delta_bias (M, D);
     initial_state (M, Bt, D, N). Returns y (M, Bt, D, L) [, h[L-1] (M, Bt, D, N)].
 
-    Tuning (keyword only; powers of two): ``chunk`` steps between stored state checkpoints
-    (memory M Bt D N L / chunk), ``sub_chunk`` states the backward keeps in registers
-    (divides ``chunk``), ``block_d`` / ``block_d_bwd`` channels per program.
+    Two kernel designs (docs/triton_kernel.md), keyword ``variant``:
+
+    - ``"chunked"``: couplings "none", "mean", "sum" (and alpha 0 or 1). Time in chunks of
+      ``time_block`` steps (``time_block_bwd`` under autograd, also the checkpoint interval:
+      memory (M or 1) Bt D N L / time_block_bwd), each chunk solved by an associative scan in
+      registers; rank one scans the single mean state.
+    - ``"seq"``: every coupling, general (M, M) W included; one step at a time per program.
+      ``chunk`` steps between stored state checkpoints (memory M Bt D N L / chunk),
+      ``sub_chunk`` states the backward keeps in registers (divides ``chunk``).
+    - ``"auto"`` (default): "chunked" where it applies, else "seq"; the environment variable
+      COUPLED_MAMBA_TRITON_VARIANT ("seq" or "chunked") overrides it.
+
+    ``block_d`` / ``block_d_bwd`` are the channels per program, ``num_warps`` the warps per
+    program. All tuning values are powers of two.
 
     Raises:
-        ValueError: a bad tuning value, or CPU tensors outside the interpreter.
+        ValueError: a bad tuning value or variant ("chunked" with a general coupling), or CPU
+            tensors outside the interpreter.
     """
+    if variant not in VARIANTS:
+        raise ValueError(f"variant: expected one of {VARIANTS}, got {variant!r}")
+    M = u.shape[0]
+    cp = resolve_coupling(coupling, M)
+    if variant == "auto":
+        variant = os.environ.get(VARIANT_ENV, "") or "chunked"
+        if variant not in VARIANTS[1:]:
+            raise ValueError(f"{VARIANT_ENV}: expected 'seq' or 'chunked', got {variant!r}")
+        if cp.kind == "general":
+            variant = "seq"
+    if variant == "chunked":
+        return _chunked(u, delta, A, B, C, D, z, delta_bias, delta_softplus, cp,
+                        initial_state, return_last_state, block_d, block_d_bwd, num_warps,
+                        time_block, time_block_bwd)
     for name, value in (("chunk", chunk), ("sub_chunk", sub_chunk)):
         _check_pow2(name, value)
     if chunk % sub_chunk:
@@ -276,7 +439,6 @@ def coupled_selective_scan_triton(
             "TRITON_INTERPRET=1 set before triton is first imported, the kernels run in "
             "Triton's CPU interpreter)"
         )
-    cp = resolve_coupling(coupling, M)
     ct = torch.float64 if u.dtype == torch.float64 else torch.float32
     W = None
     kind = {"diag": 0, "rank1": 1, "general": 2}[cp.kind]
@@ -292,6 +454,43 @@ def coupled_selective_scan_triton(
 
     y, last = _CoupledScanTriton.apply(
         c(u), c(delta), c(A), c(B), c(C), c(D), c(z), c(delta_bias), W, c(initial_state), cfg
+    )
+    return (y, last) if return_last_state else y
+
+
+def _chunked(u, delta, A, B, C, D, z, delta_bias, delta_softplus, cp, initial_state,
+             return_last_state, block_d, block_d_bwd, num_warps, time_block, time_block_bwd):
+    """coupled_selective_scan_triton's chunked variant (a resolved coupling ``cp``)."""
+    if cp.kind == "general":
+        raise ValueError("variant='chunked' supports the couplings 'none', 'mean', 'sum' (rank "
+                         "one or diagonal); a general (M, M) coupling needs variant='seq'")
+    M, Bt, Dd, L = u.shape
+    NP = _pow2(A.shape[-1])
+    t_f = time_block or _chunk_t_fwd(A.shape[-1])
+    t_b = time_block_bwd or CHUNK_T_BWD
+    bd_f = block_d or _chunk_block_d(Dd, NP, num_warps)
+    bd_b = block_d_bwd or _chunk_block_d(Dd, NP, num_warps)
+    for name, value in (("time_block", t_f), ("time_block_bwd", t_b), ("block_d", bd_f),
+                        ("block_d_bwd", bd_b)):
+        _check_pow2(name, value)
+    if u.device.type != "cuda" and not _kernels()[1]:
+        raise ValueError(
+            f"impl='triton' needs CUDA tensors, got tensors on {u.device} (with "
+            "TRITON_INTERPRET=1 set before triton is first imported, the kernels run in "
+            "Triton's CPU interpreter)"
+        )
+    rank1 = cp.kind == "rank1"
+    cfg = _ChunkConfig(
+        n_mod=M if rank1 else 1, weight=float(cp.weight) if rank1 else 1.0,
+        softplus=bool(delta_softplus), t_fwd=t_f, t_bwd=t_b, block_d_fwd=bd_f,
+        block_d_bwd=bd_b, num_warps=num_warps,
+    )
+
+    def c(x):
+        return None if x is None else x.contiguous()
+
+    y, last = _CoupledScanTritonChunked.apply(
+        c(u), c(delta), c(A), c(B), c(C), c(D), c(z), c(delta_bias), c(initial_state), cfg
     )
     return (y, last) if return_last_state else y
 
