@@ -237,3 +237,26 @@ def test_is_available_reports_build_failure(monkeypatch):
     assert ok is False and "command not found" in reason
     ok2, reason2 = _cpu.is_available()  # cached: no second build attempt
     assert (ok2, reason2) == (ok, reason)
+
+
+def test_inference_saves_no_chunk_states(monkeypatch, make_scan_inputs):
+    """Under torch.no_grad() the forward does not write the chunk-start states for a backward."""
+    real = _cpu._load()
+    saves = []
+
+    class Recorder:
+        def fwd(self, *args):
+            saves.append(args[-1])
+            return real.fwd(*args)
+
+        def bwd(self, *args):
+            return real.bwd(*args)
+
+    monkeypatch.setattr(_cpu, "_load", lambda: Recorder())
+    kw = make_scan_inputs(L=9)  # inputs require grad
+    with torch.no_grad():
+        _cpu.coupled_selective_scan_cpu(**kw)
+    y = _cpu.coupled_selective_scan_cpu(**kw)
+    y.sum().backward()
+    assert saves == [False, True]
+    assert kw["u"].grad is not None and kw["u"].grad.abs().sum() > 0

@@ -92,9 +92,12 @@ class _CoupledScanFn(torch.autograd.Function):
     """Autograd wrapper: compiled forward; compiled backward from the chunk-start states."""
 
     @staticmethod
-    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, initial_state, W, mode, w, softplus):
+    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, initial_state, W, mode, w, softplus,
+                grad_enabled):
         ops = _load()
-        save = any(ctx.needs_input_grad[:10])
+        # needs_input_grad is set from requires_grad even under torch.no_grad(): the caller
+        # passes whether grad mode was on, so that inference does not save chunk states.
+        save = grad_enabled and any(ctx.needs_input_grad[:10])
         y, last, saved = ops.fwd(u, delta, A, B, C, D, z, delta_bias, initial_state, W,
                                  mode, w, softplus, save)
         if save:
@@ -115,7 +118,7 @@ class _CoupledScanFn(torch.autograd.Function):
         out = [du, ddelta, dA, dB, dC, dD, dz, dbias, dinit, dW]
         out = [g if (t is not None and need) else None
                for g, t, need in zip(out, present, ctx.needs_input_grad[:10], strict=True)]
-        return (*out, None, None, None)
+        return (*out, None, None, None, None)
 
 
 def coupled_selective_scan_cpu(
@@ -151,7 +154,7 @@ def coupled_selective_scan_cpu(
     mode = _MODES[cp.kind]
     y, last = _CoupledScanFn.apply(
         u, delta, A, B, C, D, z, delta_bias, initial_state, W, mode, float(cp.weight),
-        bool(delta_softplus),
+        bool(delta_softplus), torch.is_grad_enabled(),
     )
     y = y.to(out_dtype)
     return (y, last) if return_last_state else y
