@@ -89,3 +89,11 @@ def check_scan_inputs(
                 )
     compute = torch.float32 if dtype in _HALF else dtype
     return ScanDims(M, Bt, Dc, N, L, compute)
+
+
+def to_compute_dtype(u: torch.Tensor, *tensors):
+    """(compute dtype, tensors cast to it): float64 stays float64, everything else runs in
+    float32 (half inputs are upcast once here rather than inside every implementation).
+    None entries pass through."""
+    work = torch.float64 if u.dtype == torch.float64 else torch.float32
+    return work, tuple(None if t is None else t.to(work) for t in tensors)

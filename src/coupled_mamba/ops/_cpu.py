@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from ._checks import to_compute_dtype
 from ._coupling import resolve_coupling
 
 _SOURCES = ("scan_host.cpp", "scan_isa_base.cpp", "scan_isa_avx2.cpp", "scan_isa_avx512.cpp")
@@ -136,13 +137,8 @@ def coupled_selective_scan_cpu(
     including initial_state and a tensor coupling.
     """
     out_dtype = u.dtype
-    work = torch.float64 if u.dtype == torch.float64 else torch.float32
-
-    def cast(x):
-        return None if x is None else x.to(work)
-
-    u, delta, A, B, C, D, z, delta_bias, initial_state = map(
-        cast, (u, delta, A, B, C, D, z, delta_bias, initial_state)
+    work, (u, delta, A, B, C, D, z, delta_bias, initial_state) = to_compute_dtype(
+        u, u, delta, A, B, C, D, z, delta_bias, initial_state
     )
     M = u.shape[0]
     cp = resolve_coupling(coupling, M)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ._checks import to_compute_dtype
 from ._coupling import resolve_coupling
 
 CHUNK = 64
@@ -68,13 +69,8 @@ def coupled_selective_scan_torch(
     initial_state (M, Bt, D, N). Returns y (M, Bt, D, L) [, h[L-1] (M, Bt, D, N)].
     """
     out_dtype = u.dtype
-    work = torch.float64 if u.dtype == torch.float64 else torch.float32
-
-    def cast(x):
-        return None if x is None else x.to(work)
-
-    u, delta, A, B, C, D, z, delta_bias, initial_state = map(
-        cast, (u, delta, A, B, C, D, z, delta_bias, initial_state)
+    work, (u, delta, A, B, C, D, z, delta_bias, initial_state) = to_compute_dtype(
+        u, u, delta, A, B, C, D, z, delta_bias, initial_state
     )
     M, Bt, Dc, L = u.shape
     N = A.shape[-1]
