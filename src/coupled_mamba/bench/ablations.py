@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import datetime
 import hashlib
 import json
 import math
@@ -176,20 +177,32 @@ def _check_models(models: Sequence[str]) -> None:
 
 # ---- data and configs --------------------------------------------------------------------------
 
-def load_benchmark_data(data: str, cfg, synthetic_sizes: Sequence[int] = (1200, 300, 600),
-                        synthetic_seed: int = 0):
+def synthetic_spec(sizes: Sequence[int] | None = None, seq_len: int | None = None) -> dict:
+    """Keyword arguments of ``make_synthetic`` for ``--data synthetic``: the demo's benchmark
+    (``coupled_mamba.train.demo.DEMO_DATA``: 6000 / 500 / 1000 samples, L = 24, seed 0, the
+    size at which the coupled model can find the timing rule, docs/TRAINING.md) unless
+    ``sizes`` (n_train, n_valid, n_test) or ``seq_len`` say otherwise."""
+    from coupled_mamba.train.demo import DEMO_DATA
+
+    spec = dict(DEMO_DATA)
+    if sizes is not None:
+        if len(sizes) != 3:
+            raise ValueError(f"synthetic sizes: expected n_train,n_valid,n_test, got "
+                             f"{list(sizes)}")
+        spec.update(n_train=sizes[0], n_valid=sizes[1], n_test=sizes[2])
+    if seq_len is not None:
+        spec["seq_len"] = seq_len
+    return spec
+
+
+def load_benchmark_data(data: str, cfg, synthetic: dict | None = None):
     """The MultimodalData of ``--data``: a path read with the config's data section, or
-    ``"synthetic"``: the embedded timing benchmark (``make_synthetic``; n_train, n_valid, n_test
-    from ``synthetic_sizes``, L = ``cfg.data.seq_len`` or 32, the demo's size)."""
+    ``"synthetic"``: the embedded timing benchmark, ``make_synthetic(**synthetic)`` (default
+    :func:`synthetic_spec`)."""
     from coupled_mamba.data import load_dataset, make_synthetic
 
     if data == SYNTHETIC:
-        if len(synthetic_sizes) != 3:
-            raise ValueError(f"synthetic sizes: expected n_train,n_valid,n_test, got "
-                             f"{list(synthetic_sizes)}")
-        n_train, n_valid, n_test = synthetic_sizes
-        return make_synthetic(n_train, n_valid, n_test, seq_len=cfg.data.seq_len or 32,
-                              seed=synthetic_seed)
+        return make_synthetic(**(synthetic or synthetic_spec()))
     if not os.path.exists(data):
         raise FileNotFoundError(f"data not found: {data}")
     return load_dataset(data, format=cfg.data.format, seq_len=cfg.data.seq_len,
@@ -328,6 +341,8 @@ def run_settings(settings: Sequence[Setting], base, data, data_id: str, out_dir:
             log(f"[{i}/{len(settings)}] {s.group} {s.label}: training {s.model} "
                 f"({cfg.train.n_seeds} seed(s), {cfg.train.epochs} epochs max) ...")
             cache[key] = train_setting(cfg, data, s)
+            cache[key]["finished"] = datetime.datetime.now().astimezone().isoformat(
+                timespec="seconds")
             with open(cache_path, "a") as f:
                 f.write(json.dumps(_json_safe({"key": key, "group": s.group, "label": s.label,
                                                "record": cache[key]})) + "\n")

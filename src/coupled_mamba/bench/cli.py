@@ -9,6 +9,7 @@ files into ``--out``.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 
 from coupled_mamba.train.cli import Command
@@ -122,9 +123,9 @@ def add_training_arguments(p: argparse.ArgumentParser) -> None:
     d.add_argument("--set", dest="overrides", action="append", default=[],
                    metavar="SECTION.KEY=VALUE", help="override a config value (repeatable)")
     d.add_argument("--seq-len", type=int, help="common sequence length L (data.seq_len)")
-    d.add_argument("--synthetic-sizes", type=int_list, default=[1200, 300, 600],
-                   metavar="TRAIN,VALID,TEST", help="--data synthetic: split sizes "
-                   "(default 1200,300,600, the demo's)")
+    d.add_argument("--synthetic-sizes", type=int_list, metavar="TRAIN,VALID,TEST",
+                   help="--data synthetic: split sizes (default: the demo's, 6000,500,1000; "
+                   "L = --seq-len, default the demo's 24)")
     t = p.add_argument_group("training budget")
     t.add_argument("--seeds", type=int, default=3, help="seeds per setting; mean ± std over "
                    "them (default %(default)s)")
@@ -188,23 +189,32 @@ def _run_training_bench(args: argparse.Namespace, name: str, make_settings, desc
 
     import torch
 
-    from .ablations import load_benchmark_data, run_settings, write_ablation
+    from .ablations import (
+        SYNTHETIC,
+        load_benchmark_data,
+        run_settings,
+        synthetic_spec,
+        write_ablation,
+    )
     from .environment import environment_info
 
     torch.set_num_threads(args.threads)
     base = _base_config(args)
-    data = load_benchmark_data(args.data, base, args.synthetic_sizes, synthetic_seed=0)
-    data_id = (f"synthetic:{args.synthetic_sizes}:L{base.data.seq_len or 32}"
-               if args.data == "synthetic" else os.path.abspath(args.data))
+    synthetic = synthetic_spec(args.synthetic_sizes, base.data.seq_len)
+    data = load_benchmark_data(args.data, base, synthetic)
+    data_id = (f"synthetic:{json.dumps(synthetic, sort_keys=True)}" if args.data == SYNTHETIC
+               else os.path.abspath(args.data))
     settings = make_settings(base, data)
     print(f"{name}: {len(settings)} settings x {base.train.n_seeds} seeds on {data.name} "
           f"({data_id})", flush=True)
     rows = run_settings(settings, base, data, data_id, args.out, resume=not args.fresh)
     header = {
         "benchmark": name, "command": _command_line(), "description": description,
-        "title": f"{name} ablation on {data.name}, {base.train.n_seeds} seeds",
+        "title": (f"missing modalities ({args.protocol}) on {data.name}" if name == "missing"
+                  else f"{name} ablation on {data.name}") + f", {base.train.n_seeds} seeds",
         "environment": environment_info(str(base.train.device), args.threads),
         "data": data_id, "base_config": base.to_dict(),
+        "synthetic": synthetic if args.data == SYNTHETIC else None,
         "settings": [dataclasses.asdict(s) for s in settings],
     }
     paths = write_ablation(rows, args.out, name, header, metrics=args.metrics,
