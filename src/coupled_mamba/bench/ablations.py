@@ -424,17 +424,24 @@ def table_markdown(rows: list[dict], metrics: Sequence[str] | None = None,
     return "\n".join(out) + "\n"
 
 
-def missing_markdown(rows: list[dict], metric: str) -> str:
-    """Missing-rate table: one line per rate, one column per model (``metric`` mean ± std)."""
+def missing_markdown(rows: list[dict], metric: str, reference: str = "coupled_mamba") -> str:
+    """Missing-rate table: one line per rate, one column per model (``metric`` mean ± std), with
+    the Welch p-value against ``reference`` at the same rate in parentheses."""
     curves = missing_curves(rows, metric)
     rates = sorted({p["x"] for pts in curves.values() for p in pts})
     head = ["missing rate"] + list(curves)
     out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for x in rates:
+        at = {m: next((p for p in pts if p["x"] == x), None) for m, pts in curves.items()}
+        ref = at.get(reference)
         cells = []
-        for pts in curves.values():
-            p = next((p for p in pts if p["x"] == x), None)
-            cells.append(_pm(p["mean"], p["std"]) if p else "")
+        for m, p in at.items():
+            if p is None:
+                cells.append("")
+                continue
+            cell = _pm(p["mean"], p["std"])
+            pv = welch_p(p["per_seed"], ref["per_seed"]) if ref and m != reference else None
+            cells.append(cell + ("" if pv is None else f" (p {pv:.2f})"))
         out.append("| " + " | ".join([f"{x:g}"] + cells) + " |")
     return "\n".join(out) + "\n"
 
@@ -486,7 +493,8 @@ def write_ablation(rows: list[dict], out_dir: str, name: str, header: dict,
     lines = [f"Environment: {describe(header['environment'])}", "",
              f"Command: `{header['command']}`", "", header.get("description", ""), ""]
     if name == "missing":
-        lines += [f"{metric} (mean ± std over seeds {rows[0]['seeds']}):", "",
+        lines += [f"Test {metric}, mean ± std over seeds {rows[0]['seeds']} (p: two-sided "
+                  "Welch t-test against coupled_mamba at the same rate):", "",
                   missing_markdown(rows, metric)]
         plot_curves(missing_curves(rows, metric), paths[3], xlabel="missing rate r",
                     ylabel=f"test {metric}", title=header.get("title", ""))
