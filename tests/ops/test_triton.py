@@ -246,13 +246,26 @@ class TestInterpreter:
 
 
     @pytest.mark.parametrize("tiling", [TINY, CHUNKED], ids=["seq", "chunked"])
-    def test_forward_without_grad_stores_no_checkpoints(self, tiling, make_scan_inputs):
+    def test_forward_without_grad_stores_no_checkpoints(self, tiling, make_scan_inputs,
+                                                         monkeypatch):
         # Chunked: chunks of 8 without autograd (4 with), so L = 11 takes a partial second one.
-        kw = make_scan_inputs(M=2, Bt=1, D=3, N=4, L=11, with_state=True, requires_grad=False)
+        # Inputs require grad, as model parameters do: no_grad alone must turn saving off.
+        kw = make_scan_inputs(M=2, Bt=1, D=3, N=4, L=11, with_state=True, requires_grad=True)
+        saved = []
+        for name in ("_fwd_launch", "_chunk_fwd_launch"):
+            real = getattr(_triton, name)
+
+            def spy(*args, _real=real):
+                saved.append(args[-1])  # the `save` flag
+                return _real(*args)
+
+            monkeypatch.setattr(_triton, name, spy)
         with torch.no_grad():
             y, h = _triton.coupled_selective_scan_triton(
                 **kw, delta_softplus=True, return_last_state=True, **tiling)
+        assert saved == [False]
         assert not y.requires_grad
+        kw = {k: v.detach() for k, v in kw.items()}
         y_r, h_r = coupled_selective_scan_ref(**kw, delta_softplus=True, return_last_state=True)
         assert _rel(y, y_r) < 1e-10 and _rel(h, h_r) < 1e-10
 
@@ -370,7 +383,7 @@ def test_kernels_compile_for_sm90(tmp_path):
     u, B = e(M, Bt, Dd, L), e(M, Bt, N, L)
     A, h = e(M, Dd, N), e(M, Bt, Dd, N)
     p, W, ckpt = e(M, Dd), e(M, M), e(1, M, Bt, Dd, N)
-    cfg = _triton._Config(kind=2, weight=1.0, softplus=True, chunk=_triton.CHUNK,
+    cfg = _triton._Config(kind=2, weight=1.0, softplus=True, grad=True, chunk=_triton.CHUNK,
                           sub_chunk=_triton.SUB_CHUNK, block_d_fwd=8, block_d_bwd=4,
                           num_warps=4)
     args, meta = _triton._fwd_launch(u, u, A, B, B, p, u, p, W, h, u, h, ckpt, cfg, True)
@@ -383,7 +396,7 @@ def test_kernels_compile_for_sm90(tmp_path):
         B, A, h = e(M, Bt, N, L), e(M, Dd, N), e(M, Bt, Dd, N)
         bd = _triton._chunk_block_d(Dd, _triton._pow2(N), 4)
         ccfg = _triton._ChunkConfig(
-            n_mod=n_mod, weight=1.0, softplus=True, t_fwd=_triton._chunk_t_fwd(N),
+            n_mod=n_mod, weight=1.0, softplus=True, grad=True, t_fwd=_triton._chunk_t_fwd(N),
             t_bwd=_triton.CHUNK_T_BWD, block_d_fwd=bd, block_d_bwd=bd, num_warps=4)
         for save in (False, True):
             args, meta = _triton._chunk_fwd_launch(u, u, A, B, B, p, u, p, h, u, h, e(1, 1),

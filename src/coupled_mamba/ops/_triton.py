@@ -100,11 +100,19 @@ class _Config:
     kind: int  # 0 none, 1 rank one, 2 general
     weight: float  # w of a rank-one coupling
     softplus: bool
+    grad: bool  # grad mode on at the call (see _grad_wanted)
     chunk: int
     sub_chunk: int
     block_d_fwd: int
     block_d_bwd: int
     num_warps: int
+
+
+def _grad_wanted() -> bool:
+    # Read before Function.apply: inside forward() grad mode is always off, and
+    # ctx.needs_input_grad stays True under no_grad / inference_mode whenever an input requires
+    # grad (model parameters always do), which would make inference save checkpoints.
+    return torch.is_grad_enabled()
 
 
 def _launch_options(cfg: _Config) -> dict:
@@ -168,6 +176,7 @@ class _ChunkConfig:
     n_mod: int  # modalities per program: M (rank one) or 1 ("none", one program per modality)
     weight: float  # w of a rank-one coupling (1 for "none")
     softplus: bool
+    grad: bool  # grad mode on at the call (see _grad_wanted)
     t_fwd: int  # steps per chunk without gradient
     t_bwd: int  # steps per chunk with gradient = checkpoint interval
     block_d_fwd: int
@@ -236,7 +245,7 @@ class _CoupledScanTritonChunked(torch.autograd.Function):
         M, Bt, Dd, L = u.shape
         N = A.shape[-1]
         ct = torch.float64 if u.dtype == torch.float64 else torch.float32
-        save = any(ctx.needs_input_grad[:9])
+        save = cfg.grad and any(ctx.needs_input_grad[:9])
         chains = M // cfg.n_mod
         n_chunks = -(-L // cfg.t_bwd)
         y = torch.empty_like(u)
@@ -297,7 +306,7 @@ class _CoupledScanTriton(torch.autograd.Function):
         M, Bt, Dd, L = u.shape
         N = A.shape[-1]
         ct = torch.float64 if u.dtype == torch.float64 else torch.float32
-        save = any(ctx.needs_input_grad[:10])
+        save = cfg.grad and any(ctx.needs_input_grad[:10])
         n_chunks = -(-L // cfg.chunk)
         y = torch.empty_like(u)
         last = torch.empty(M, Bt, Dd, N, device=u.device, dtype=ct)
@@ -445,7 +454,8 @@ def coupled_selective_scan_triton(
     if kind == 2:
         W = cp.matrix.to(device=u.device, dtype=ct).contiguous()
     cfg = _Config(
-        kind=kind, weight=float(cp.weight), softplus=bool(delta_softplus), chunk=chunk,
+        kind=kind, weight=float(cp.weight), softplus=bool(delta_softplus), grad=_grad_wanted(),
+        chunk=chunk,
         sub_chunk=sub_chunk, block_d_fwd=bd_f, block_d_bwd=bd_b, num_warps=num_warps,
     )
 
@@ -482,7 +492,7 @@ def _chunked(u, delta, A, B, C, D, z, delta_bias, delta_softplus, cp, initial_st
     rank1 = cp.kind == "rank1"
     cfg = _ChunkConfig(
         n_mod=M if rank1 else 1, weight=float(cp.weight) if rank1 else 1.0,
-        softplus=bool(delta_softplus), t_fwd=t_f, t_bwd=t_b, block_d_fwd=bd_f,
+        softplus=bool(delta_softplus), grad=_grad_wanted(), t_fwd=t_f, t_bwd=t_b, block_d_fwd=bd_f,
         block_d_bwd=bd_b, num_warps=num_warps,
     )
 
