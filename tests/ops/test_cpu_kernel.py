@@ -103,6 +103,20 @@ def test_several_time_blocks(make_scan_inputs):
         _assert_matches_ref(kw, coupling, torch.float32)
 
 
+@pytest.mark.skipif(not _cpu._OPENMP_FLAGS, reason="kernel built without OpenMP on this platform")
+def test_kernel_runs_on_torch_threads():
+    """The build really is parallel (it once was not: no -fopenmp, so at::parallel_for ran
+    serially) and follows torch.set_num_threads. Counts threads, not time."""
+    prev = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        assert _cpu.parallel_threads(64) == 2
+        torch.set_num_threads(1)
+        assert _cpu.parallel_threads(64) == 1
+    finally:
+        torch.set_num_threads(prev)
+
+
 @pytest.mark.parametrize("Bt", [1, 2, 3])
 def test_thread_splits_equal_one_thread(Bt, make_scan_inputs):
     """2 threads: batch split (Bt=2), channel split with private dB/dC (Bt=1), both (Bt=3)."""

@@ -16,6 +16,7 @@ x86-64 (and on other architectures with the portable 16-byte-vector unit). Set
 from __future__ import annotations
 
 import os
+import sys
 import threading
 from pathlib import Path
 
@@ -29,6 +30,11 @@ _HEADERS = ("scan_common.h", "scan_kernel_impl.h")
 # -ffp-contract=fast lets the compiler fuse a*b+c into FMA (the kernels are written for it);
 # no -ffast-math: the exp/log code relies on IEEE rounding and NaN/inf propagation.
 _CFLAGS = ["-O3", "-ffp-contract=fast", "-fno-math-errno"]
+# at::parallel_for is a header template: without -fopenmp in *this* build it runs serially. Linux
+# only (gcc and clang take the flag there); torch ships libgomp.so.1, and the loader reuses that
+# already-loaded copy for our DT_NEEDED entry, so torch.set_num_threads governs both.
+_OPENMP_FLAGS = (["-fopenmp"] if sys.platform.startswith("linux")
+                 and torch.backends.openmp.is_available() else [])
 _MODES = {"diag": 0, "rank1": 1, "general": 2}
 
 _lock = threading.Lock()
@@ -56,7 +62,8 @@ def _load():
             load(
                 name=_extension_name(),
                 sources=[str(csrc / s) for s in _SOURCES],
-                extra_cflags=_CFLAGS,
+                extra_cflags=_CFLAGS + _OPENMP_FLAGS,
+                extra_ldflags=_OPENMP_FLAGS,
                 extra_include_paths=[str(csrc)],
                 is_python_module=False,
                 verbose=os.environ.get("COUPLED_MAMBA_VERBOSE_BUILD", "") == "1",
@@ -87,6 +94,12 @@ def isa(name: str = "") -> str:
     ``isa("auto")`` returns to the best supported one. Meant for tests and benchmarks.
     """
     return _load().isa(name)
+
+
+def parallel_threads(n: int = 64) -> int:
+    """Distinct threads the kernel's ``at::parallel_for`` uses for n tasks at the current
+    ``torch.get_num_threads()``: 1 means the build is serial (no OpenMP). For tests."""
+    return int(_load().parallel_threads(n))
 
 
 class _CoupledScanFn(torch.autograd.Function):

@@ -71,6 +71,18 @@ std::string isa(const std::string& name) {
   return current_table()->isa;
 }
 
+// How many distinct threads at::parallel_for used for n one-item tasks. 1 when the extension was
+// built without OpenMP: ATen's parallel_for is a header template, serial unless this translation
+// unit is compiled with -fopenmp (see _cpu.py), whatever torch.get_num_threads() says.
+int64_t parallel_threads(int64_t n) {
+  std::vector<int64_t> tid(static_cast<size_t>(std::max<int64_t>(n, 0)), -1);
+  at::parallel_for(0, n, 1, [&](int64_t s, int64_t e) {
+    for (int64_t i = s; i < e; ++i) tid[i] = at::get_thread_num();
+  });
+  std::sort(tid.begin(), tid.end());
+  return std::unique(tid.begin(), tid.end()) - tid.begin();
+}
+
 const void* ptr_or_null(const std::optional<Tensor>& t) {
   return (t.has_value() && t->defined()) ? t->data_ptr() : nullptr;
 }
@@ -280,4 +292,5 @@ TORCH_LIBRARY(coupled_mamba_scan, m) {
       "Tensor saved, Tensor dout, Tensor? dlast) -> Tensor[]",
       &bwd);
   m.def("isa(str name) -> str", &isa);
+  m.def("parallel_threads(int n) -> int", &parallel_threads);
 }
