@@ -133,6 +133,7 @@ def run_demo(args: argparse.Namespace) -> int:
         row = f"{name:<15}{r['num_parameters']:>9,}{secs:>8.1f}"
         row += "".join(f"{r['test'][k]:>15.4f}" for k in TABLE_METRICS)
         print(row)
+    n = torch.get_num_threads()
     print(f"\ndemo finished in {time.perf_counter() - t_start:.1f} s "
-          f"({torch.get_num_threads()} threads)")
+          f"({n} thread{'' if n == 1 else 's'})")
     return 0
