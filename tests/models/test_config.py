@@ -34,6 +34,8 @@ def test_paper_defaults_and_derived_fields():
     ("dt_rank", dict(input_dims=[4], dt_rank=0)),
     ("dt_rank", dict(input_dims=[4], dt_rank=2.5)),
     ("coupling", dict(input_dims=[4], coupling="max")),
+    ("inference_chunk", dict(input_dims=[4], inference_chunk=0)),
+    ("inference_chunk", dict(input_dims=[4], inference_chunk=64.0)),
     ("coupling", dict(input_dims=[4], coupling=1.5)),
     ("coupling", dict(input_dims=[4], coupling=True)),
     ("coupling_mask", dict(input_dims=[4, 5], coupling_mask=[[1, 1]])),

@@ -240,6 +240,48 @@ def test_step_by_step_equals_full_forward(coupling, mask):
     assert cache.conv_states[0].shape == (3, BATCH, 2 * D_MODEL, 4)
 
 
+@pytest.mark.parametrize("coupling", ["mean", "none", 0.3, "learned"])
+@pytest.mark.parametrize("chunk", [1, 5, 11])
+def test_chunked_inference_equals_whole_sequence(coupling, chunk):
+    """Without autograd the layers run chunk steps at a time, carrying conv and SSM state;
+    the outputs equal the whole-sequence forward (float64: to rounding)."""
+    enc = randomize(make_encoder(M=3, coupling=coupling, inference_chunk=chunk)).double()
+    xs = [x.double() for x in make_inputs(M=3)]
+    masks = [_right_mask([12, 8, 5]), None, _right_mask([12, 12, 3])]
+    present = torch.tensor([[True, True, True], [True, False, True], [True, True, True]])
+    with torch.no_grad():
+        chunked = enc(xs, mask=masks, present=present)
+        enc.inference_chunk = None
+        whole = enc(xs, mask=masks, present=present)
+    for m in range(3):
+        torch.testing.assert_close(chunked[m], whole[m], atol=1e-12, rtol=1e-12)
+    assert not torch.equal(whole[0][:, 1:], whole[0][:, :-1])  # not a constant sequence
+
+
+def test_chunked_inference_float32_and_only_without_autograd():
+    enc = randomize(make_encoder(M=2, inference_chunk=4))
+    xs = make_inputs(M=2)
+    with torch.inference_mode():
+        chunked = enc(xs)
+    enc.inference_chunk = None
+    with torch.inference_mode():
+        whole = enc(xs)
+    for a, b in zip(chunked, whole, strict=True):
+        torch.testing.assert_close(a, b, atol=2e-5, rtol=1e-5)
+    enc.inference_chunk = 4
+    calls = []
+    hook = enc.layers[0].register_forward_hook(lambda mod, args, out: calls.append(args[0].shape))
+    enc(xs)  # autograd on: one whole-sequence call per layer
+    assert calls == [(2, BATCH, L, D_MODEL)]
+    calls.clear()
+    with torch.no_grad():
+        enc(xs)
+    assert [c[2] for c in calls] == [4, 4, 4]
+    hook.remove()
+    with pytest.raises(ValueError, match="inference_chunk"):
+        make_encoder(M=2, inference_chunk=0)
+
+
 def test_encoder_input_errors_name_the_argument():
     enc = make_encoder(M=2)
     xs = make_inputs(M=2)

@@ -53,6 +53,11 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "cross_attention_materialized": ("cross_attention", {"materialize_attention": True}),
     # The coupled model with the pure-PyTorch scan whatever "auto" would pick (GPU comparisons).
     "coupled_mamba_torch_scan": ("coupled_mamba", {"scan_impl": "torch"}),
+    # Inference over the whole sequence at once (no inference_chunk), and other chunk lengths
+    # than the default 128: the time / memory trade-off of chunked inference.
+    "coupled_mamba_whole": ("coupled_mamba", {"inference_chunk": None}),
+    **{f"coupled_mamba_chunk{T}": ("coupled_mamba", {"inference_chunk": T})
+       for T in (32, 64, 256, 512)},
 }
 DEFAULT_VARIANTS = ("coupled_mamba", "mamba_fusion", "cross_attention_sdpa",
                     "cross_attention_materialized")

@@ -64,6 +64,7 @@ class CoupledMambaConfig:
     rescale_prenorm_residual: bool = True  # out_proj init scaled by 1 / sqrt(n_layers)
     norm_eps: float = 1e-5
     scan_impl: str = "auto"  # coupled_selective_scan impl: "auto" | "ref" | "torch" | "cpu" | ...
+    inference_chunk: int | None = 128  # steps per encoder chunk without autograd; None: whole L
 
     # --- input projection and head -------------------------------------------------------------
     proj_hidden: int = 256  # Linear(d_m, 256) -> LN -> ReLU -> Linear(256, d) -> LN
@@ -137,6 +138,8 @@ class CoupledMambaConfig:
         if self.scan_impl not in IMPLS:
             raise ValueError(f"scan_impl: unknown implementation {self.scan_impl!r}; "
                              f"expected one of {IMPLS}")
+        if self.inference_chunk is not None:
+            _positive_int("inference_chunk", self.inference_chunk)
         for name in ("conv_bias", "bias", "rescale_prenorm_residual", "materialize_attention"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name}: expected a bool, got {getattr(self, name)!r}")

@@ -70,7 +70,7 @@ class CoupledMambaModel(MultimodalModel):
             coupling=c.coupling, coupling_mask=c.coupling_mask, dt_min=c.dt_min,
             dt_max=c.dt_max, dt_init=c.dt_init, dt_scale=c.dt_scale,
             dt_init_floor=c.dt_init_floor, conv_bias=c.conv_bias, bias=c.bias,
-            scan_impl=c.scan_impl,
+            scan_impl=c.scan_impl, inference_chunk=c.inference_chunk,
         )
 
     def _describe_encoder(self) -> str:

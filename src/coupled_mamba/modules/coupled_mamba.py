@@ -265,17 +265,34 @@ class CoupledMambaLayer(nn.Module):
         y, h = out
         return y.transpose(-1, -2), h
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: (M, B, L, d) residual streams -> (M, B, L, d)."""
+    def forward(self, x: torch.Tensor, state=None):
+        """x: (M, B, L, d) residual streams -> (M, B, L, d).
+
+        With ``state = (conv_state (M, B, E, K), ssm_state (M, B, E, N))`` (see
+        :meth:`allocate_state`) the L steps continue a sequence whose earlier steps left that
+        state, and the result is ``(out, (conv_state, ssm_state))`` with the state after the last
+        step; the arguments are not modified. Zero states give the stateless forward.
+        """
         M, Bsz, L, _ = x.shape
         E, K = self.d_inner, self.d_conv
         u, z = self.in_proj(self.norm(x)).chunk(2, dim=-1)  # (M, B, L, E) each
         # Depthwise causal conv of all M*E channels in one call: channel (m, e) has its own kernel.
         u = u.permute(1, 0, 3, 2).reshape(Bsz, M * E, L)
+        if state is None:
+            pad = K - 1  # causal: zero history, keep the first L outputs
+        else:
+            conv_state, ssm_state = state  # the history is the last K - 1 conv inputs
+            hist = conv_state[..., 1:].permute(1, 0, 2, 3).reshape(Bsz, M * E, K - 1)
+            u = torch.cat([hist.to(u.dtype), u], dim=-1)  # (B, M*E, K - 1 + L)
+            conv_state = u[..., -K:].reshape(Bsz, M, E, K).transpose(0, 1).contiguous()
+            pad = 0
         bias = None if self.conv_bias is None else self.conv_bias.reshape(M * E)
-        u = F.conv1d(u, self.conv_weight.reshape(M * E, 1, K), bias, padding=K - 1, groups=M * E)
+        u = F.conv1d(u, self.conv_weight.reshape(M * E, 1, K), bias, padding=pad, groups=M * E)
         u = F.silu(u[..., :L]).reshape(Bsz, M, E, L).permute(1, 0, 3, 2)  # (M, B, L, E)
-        return x + self.out_proj(self._ssm(u, z))
+        if state is None:
+            return x + self.out_proj(self._ssm(u, z))
+        y, ssm_state = self._ssm(u, z, initial_state=ssm_state)
+        return x + self.out_proj(y), (conv_state, ssm_state)
 
     def allocate_state(self, batch_size: int, device=None, dtype=None):
         """Zero (conv_state (M, B, E, K), ssm_state (M, B, E, N)) for :meth:`step`."""
@@ -298,14 +315,8 @@ class CoupledMambaLayer(nn.Module):
             (out (M, B, d), new conv_state, new ssm_state); the states are new tensors, the
             arguments are not modified.
         """
-        u, z = self.in_proj(self.norm(x)).chunk(2, dim=-1)  # (M, B, E)
-        conv_state = torch.cat([conv_state[..., 1:], u[..., None]], dim=-1)
-        u = (conv_state * self.conv_weight[:, None]).sum(-1)
-        if self.conv_bias is not None:
-            u = u + self.conv_bias[:, None]
-        u = F.silu(u)
-        y, ssm_state = self._ssm(u[:, :, None], z[:, :, None], initial_state=ssm_state)
-        return x + self.out_proj(y[:, :, 0]), conv_state, ssm_state
+        out, (conv_state, ssm_state) = self(x[:, :, None], (conv_state, ssm_state))
+        return out[:, :, 0], conv_state, ssm_state
 
     def extra_repr(self) -> str:
         return (f"M={self.n_modalities}, d_model={self.d_model}, d_inner={self.d_inner}, "
@@ -321,6 +332,12 @@ class CoupledMambaEncoder(nn.Module):
     layer. Everything after that is causal (conv, scan) or per-step (norms, projections), so right
     padding never changes valid steps; an absent modality is a zero-input chain whose state still
     decays and is coupled like any other (see docs/ARCHITECTURE.md).
+
+    ``inference_chunk`` (T, default 128): when autograd is off (``torch.no_grad`` /
+    ``inference_mode``) and L > T, the layers run over T steps at a time with each layer's conv
+    and SSM state carried across chunks, which bounds the working memory of the layers by T
+    instead of L. The result equals the whole-sequence forward up to float rounding. ``None``
+    disables it; training (autograd on) always runs whole sequences.
     """
 
     def __init__(
@@ -332,11 +349,18 @@ class CoupledMambaEncoder(nn.Module):
         modality_names: Sequence[str] | None = None,
         norm_eps: float = 1e-5,
         rescale_prenorm_residual: bool = True,
+        inference_chunk: int | None = 128,
         **layer_kwargs,
     ):
         super().__init__()
         if n_layers < 1:
             raise ValueError(f"n_layers: expected >= 1, got {n_layers}")
+        if inference_chunk is not None and (isinstance(inference_chunk, bool)
+                                            or not isinstance(inference_chunk, int)
+                                            or inference_chunk < 1):
+            raise ValueError(f"inference_chunk: expected None or an int >= 1, "
+                             f"got {inference_chunk!r}")
+        self.inference_chunk = inference_chunk
         self.n_modalities, self.d_model, self.n_layers = n_modalities, d_model, n_layers
         self.modality_names = (list(modality_names) if modality_names is not None
                                else [f"m{i}" for i in range(n_modalities)])
@@ -368,9 +392,24 @@ class CoupledMambaEncoder(nn.Module):
         x = torch.stack(xs)
         if valid is not None:
             x = torch.where(valid[..., None], x, x.new_zeros(()))  # where, not *: NaN-safe
-        for layer in self.layers:
-            x = layer(x)
-        return list(self.norm_f(x).unbind(0))
+        T = self.inference_chunk
+        if T is None or x.shape[2] <= T or torch.is_grad_enabled():
+            for layer in self.layers:
+                x = layer(x)
+            return list(self.norm_f(x).unbind(0))
+        # Without autograd, run all layers over T steps at a time and carry each layer's conv
+        # and SSM state: the layers' (M, B, L, E)-sized intermediates then exist for T steps
+        # only, so working memory no longer grows with L beyond the (M, B, L, d) streams.
+        out = torch.empty_like(x)
+        half = x.dtype in (torch.float16, torch.bfloat16)  # the scan's state stays fp32 then
+        st = torch.float32 if half else x.dtype
+        states = [layer.allocate_state(x.shape[1], x.device, st) for layer in self.layers]
+        for t0 in range(0, x.shape[2], T):
+            h = x[:, :, t0:t0 + T]
+            for i, layer in enumerate(self.layers):
+                h, states[i] = layer(h, states[i])
+            out[:, :, t0:t0 + T] = self.norm_f(h)
+        return list(out.unbind(0))
 
     def allocate_cache(self, batch_size: int, device=None, dtype=None) -> CoupledMambaCache:
         """A zero cache for :meth:`step` (same as the zero initial state of :meth:`forward`)."""
