@@ -8,8 +8,9 @@ warm-up then median):
 
 1. inference at L in {250, 1000, 4000} for coupled_mamba (scan_impl "auto": the Triton kernel
    when it is installed and usable, else the pure-PyTorch scan), coupled_mamba with the
-   pure-PyTorch scan (only when "auto" picked something else), mamba_fusion (uncoupled), and
-   cross-attention with SDPA and with materialised softmax(QK^T) weights;
+   pure-PyTorch scan (only when "auto" picked something else), coupled_mamba without chunked
+   inference (``inference_chunk`` None), mamba_fusion (uncoupled), and cross-attention with SDPA
+   and with materialised softmax(QK^T) weights;
 2. one training step (forward + L1 loss + backward + Adam) at L = 1000 for the same models.
 
 Then it prints a compact table and the targets: coupled >= 2x faster and >= 85% less memory than
@@ -81,10 +82,13 @@ def main(argv=None) -> int:
         variants.insert(1, "coupled_mamba_torch_scan")
 
     deadline = t0 + args.max_seconds
-    common = dict(variants=variants, device=device, isolate=False, deadline=deadline,
-                  point_budget_s=45.0, **model)
-    infer = run_efficiency(EfficiencySettings(lengths=lengths, modes=["infer"], **common))
-    train = run_efficiency(EfficiencySettings(lengths=train_lengths, modes=["train"], **common))
+    common = dict(device=device, isolate=False, deadline=deadline, point_budget_s=45.0, **model)
+    # Inference also without chunking (inference_chunk None): chunks relaunch the kernels.
+    infer_variants = variants[:1] + ["coupled_mamba_whole"] + variants[1:]
+    infer = run_efficiency(EfficiencySettings(lengths=lengths, modes=["infer"],
+                                              variants=infer_variants, **common))
+    train = run_efficiency(EfficiencySettings(lengths=train_lengths, modes=["train"],
+                                              variants=variants, **common))
     result = dict(infer, rows=infer["rows"] + train["rows"])
     add_ratios(result["rows"])
     result["targets"] = check_targets(result["rows"], device)
