@@ -107,6 +107,7 @@ def test_several_time_blocks(make_scan_inputs):
 def test_kernel_runs_on_torch_threads():
     """The build really is parallel (it once was not: no -fopenmp, so at::parallel_for ran
     serially) and follows torch.set_num_threads. Counts threads, not time."""
+    assert _cpu.built_with_openmp(), "the OpenMP build failed and a serial one was loaded"
     prev = torch.get_num_threads()
     try:
         torch.set_num_threads(2)
@@ -115,6 +116,31 @@ def test_kernel_runs_on_torch_threads():
         assert _cpu.parallel_threads(64) == 1
     finally:
         torch.set_num_threads(prev)
+
+
+@pytest.mark.skipif(not _cpu._OPENMP_FLAGS, reason="no OpenMP build on this platform")
+def test_failed_openmp_build_falls_back_to_a_serial_build(monkeypatch):
+    """A compiler without OpenMP must not cost the kernel: warn, build serially under another
+    name. (The builds are faked; the real extension stays loaded.)"""
+    tried = []
+
+    def fake_build(name, flags):
+        tried.append((name, list(flags)))
+        if flags:
+            raise RuntimeError("error: unsupported option '-fopenmp'")
+
+    saved = dict(_cpu._state)
+    monkeypatch.setattr(_cpu, "_build", fake_build)
+    _cpu._state.clear()
+    try:
+        with pytest.warns(RuntimeWarning, match="without, so it runs on one thread"):
+            _cpu._load()
+        assert [f for _, f in tried] == [["-fopenmp"], []]
+        assert tried[1][0] == tried[0][0] + "_serial"
+        assert _cpu.built_with_openmp() is False
+    finally:
+        _cpu._state.clear()
+        _cpu._state.update(saved)
 
 
 @pytest.mark.parametrize("Bt", [1, 2, 3])

@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import sys
 import threading
+import warnings
 from pathlib import Path
 
 import torch
@@ -48,31 +49,58 @@ def _extension_name() -> str:
     return f"coupled_mamba_scan_cpu_{ver}"
 
 
+def _build(name: str, openmp_flags: list[str]) -> None:
+    """Compile (or reuse the cached build of) the extension and load it into torch.ops."""
+    from torch.utils.cpp_extension import load
+
+    csrc = Path(__file__).with_name("csrc")
+    load(
+        name=name,
+        sources=[str(csrc / s) for s in _SOURCES],
+        extra_cflags=_CFLAGS + openmp_flags,
+        extra_ldflags=list(openmp_flags),  # a copy: load() appends its -L/-l flags in place
+        extra_include_paths=[str(csrc)],
+        is_python_module=False,
+        verbose=os.environ.get("COUPLED_MAMBA_VERBOSE_BUILD", "") == "1",
+    )
+
+
 def _load():
-    """Build (first time) and load the extension; returns torch.ops.coupled_mamba_scan."""
+    """Build (first time) and load the extension; returns torch.ops.coupled_mamba_scan.
+
+    With OpenMP first where it applies; if that build fails (a compiler without OpenMP support),
+    warn once and build a serial one under another name, rather than lose the kernel.
+    """
     with _lock:
         if "ops" in _state:
             return _state["ops"]
         if "error" in _state:
             raise _state["error"]
-        try:
-            from torch.utils.cpp_extension import load
-
-            csrc = Path(__file__).with_name("csrc")
-            load(
-                name=_extension_name(),
-                sources=[str(csrc / s) for s in _SOURCES],
-                extra_cflags=_CFLAGS + _OPENMP_FLAGS,
-                extra_ldflags=_OPENMP_FLAGS,
-                extra_include_paths=[str(csrc)],
-                is_python_module=False,
-                verbose=os.environ.get("COUPLED_MAMBA_VERBOSE_BUILD", "") == "1",
-            )
+        attempts = [(_extension_name(), _OPENMP_FLAGS)]
+        if _OPENMP_FLAGS:
+            attempts.append((_extension_name() + "_serial", []))
+        for i, (name, flags) in enumerate(attempts):
+            try:
+                _build(name, flags)
+            except Exception as exc:  # no compiler, no ninja, no OpenMP, unsupported platform...
+                if i + 1 < len(attempts):
+                    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                    warnings.warn(
+                        "coupled_mamba: the CPU scan kernel did not build with OpenMP "
+                        f"({first[:200]}); building it without, so it runs on one thread",
+                        RuntimeWarning, stacklevel=3)
+                    continue
+                _state["error"] = exc
+                raise
             _state["ops"] = torch.ops.coupled_mamba_scan
-        except Exception as exc:  # no compiler, no ninja, unsupported platform...
-            _state["error"] = exc
-            raise
-        return _state["ops"]
+            _state["openmp"] = bool(flags)
+            return _state["ops"]
+
+
+def built_with_openmp() -> bool:
+    """Whether the loaded kernel was compiled with OpenMP (so it can use torch's threads)."""
+    _load()
+    return _state["openmp"]
 
 
 def is_available() -> tuple[bool, str | None]:
