@@ -133,7 +133,7 @@ def test_failed_openmp_build_falls_back_to_a_serial_build(monkeypatch):
     monkeypatch.setattr(_cpu, "_build", fake_build)
     _cpu._state.clear()
     try:
-        with pytest.warns(RuntimeWarning, match="without, so it runs on one thread"):
+        with pytest.warns(RuntimeWarning, match="built it without, so it runs on one thread"):
             _cpu._load()
         assert [f for _, f in tried] == [["-fopenmp"], []]
         assert tried[1][0] == tried[0][0] + "_serial"
@@ -264,7 +264,7 @@ def test_fallback_to_torch_with_one_warning(monkeypatch, make_scan_inputs):
         coupled_selective_scan(**kw, impl="cpu")
 
 
-def test_is_available_reports_build_failure(monkeypatch):
+def test_is_available_reports_build_failure(monkeypatch, recwarn):
     """A failing build gives (False, reason) instead of raising."""
     import torch.utils.cpp_extension as cpp_ext
 
@@ -277,6 +277,7 @@ def test_is_available_reports_build_failure(monkeypatch):
     assert ok is False and "command not found" in reason
     ok2, reason2 = _cpu.is_available()  # cached: no second build attempt
     assert (ok2, reason2) == (ok, reason)
+    assert not [w for w in recwarn if "OpenMP" in str(w.message)]  # no compiler: no OpenMP hint
 
 
 def test_inference_saves_no_chunk_states(monkeypatch, make_scan_inputs):

@@ -79,22 +79,24 @@ def _load():
         attempts = [(_extension_name(), _OPENMP_FLAGS)]
         if _OPENMP_FLAGS:
             attempts.append((_extension_name() + "_serial", []))
-        for i, (name, flags) in enumerate(attempts):
+        errors = []
+        for name, flags in attempts:
             try:
                 _build(name, flags)
             except Exception as exc:  # no compiler, no ninja, no OpenMP, unsupported platform...
-                if i + 1 < len(attempts):
-                    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-                    warnings.warn(
-                        "coupled_mamba: the CPU scan kernel did not build with OpenMP "
-                        f"({first[:200]}); building it without, so it runs on one thread",
-                        RuntimeWarning, stacklevel=3)
-                    continue
-                _state["error"] = exc
-                raise
+                errors.append(exc)
+                continue
+            if errors:  # only the OpenMP build failed
+                first = (str(errors[0]).strip().splitlines() or [type(errors[0]).__name__])[0]
+                warnings.warn(
+                    "coupled_mamba: the CPU scan kernel did not build with OpenMP "
+                    f"({first[:200]}); built it without, so it runs on one thread",
+                    RuntimeWarning, stacklevel=3)
             _state["ops"] = torch.ops.coupled_mamba_scan
             _state["openmp"] = bool(flags)
             return _state["ops"]
+        _state["error"] = errors[-1]
+        raise errors[-1]
 
 
 def built_with_openmp() -> bool:
