@@ -628,6 +628,49 @@ template <typename T, int MG> static inline int64_t pk(int64_t mi, int64_t n) {
   return ((n / W) * MG + mi) * W + n % W;
 }
 
+// The steps of one chunk when the state is a single vector (N <= W, e.g. N = 16 in float with
+// AVX-512). With one vector per step there is no independent work across n to hide latency, so
+// the step-to-step chain decides the speed: the state stays in registers for the whole chunk
+// (not a store and reload per step), and the rank-one update is rewritten so that one FMA is on
+// the chain: S' = sum_m (Abar_m G + bbar_m) = (w sum_m Abar_m) S + sum_m bbar_m with G = w S
+// (w = wM for MG > 1, else 1), the sums computed off the chain. "none" keeps one state per
+// modality, MG independent chains. jl: the step of this chunk that is the sequence's last
+// (G of that step goes to Glast for the last state), negative or >= Tc if none.
+template <typename T, int MG, bool COUPLED>
+static inline void fwd_steps_one_vector(Rows<T>* rw, const T* Ap, const T* q0, int64_t SW,
+                                        T* Sd, T* Glast, T wM, int64_t Tc, int64_t jl) {
+  typedef typename VT<T>::V V;
+  const int W = VT<T>::W;
+  constexpr int NS = COUPLED ? 1 : MG;
+  const V w = bc<V>((COUPLED && MG > 1) ? wM : T(1));
+  V S[NS], Am[MG];
+  for (int i = 0; i < NS; ++i) S[i] = ld<V>(Sd + i * W);
+  for (int mi = 0; mi < MG; ++mi) Am[mi] = ld<V>(Ap + mi * W);
+  for (int64_t j = 0; j < Tc; ++j) {
+    const T* q = q0 + j * SW;  // B of modality mi at q + mi W, C at q + (MG + mi) W
+    if (COUPLED) {
+      const V G = w * S[0];
+      if (MG > 1 && j == jl) st(Glast, G);
+      V asum = bc<V>(T(0)), bsum = bc<V>(T(0));
+      for (int mi = 0; mi < MG; ++mi) {
+        const V a = vexp2(bcl<V>(rw[mi].dt + j) * Am[mi]);
+        const V bb = bcl<V>(rw[mi].dtu + j) * ld<V>(q + mi * W);
+        st(rw[mi].acc_y + j * W, ld<V>(q + (MG + mi) * W) * (a * G + bb));
+        asum += a;
+        bsum += bb;
+      }
+      S[0] = (w * asum) * S[0] + bsum;
+    } else {
+      for (int mi = 0; mi < MG; ++mi) {
+        const V a = vexp2(bcl<V>(rw[mi].dt + j) * Am[mi]);
+        S[mi] = a * S[mi] + bcl<V>(rw[mi].dtu + j) * ld<V>(q + mi * W);
+        st(rw[mi].acc_y + j * W, ld<V>(q + (MG + mi) * W) * S[mi]);
+      }
+    }
+  }
+  for (int i = 0; i < NS; ++i) st(Sd + i * W, S[i]);
+}
+
 // Forward of the rank-one and diagonal couplings, MG modalities [m0, m0 + MG) in one loop.
 //   COUPLED (rank one): carries S = sum_m h[m]; h[t][m] = Abar[t][m] G + bbar[t][m] with
 //     G = (w / MG) S[t-1] (the single recurrence of SPEC section 2).
@@ -672,6 +715,10 @@ static void fwd_rank1(const Ctx<T>& c, const TaskRange& r, int64_t b, int64_t m0
           prefetch_next(c, r, m0 + mi, b, d, ch, cb0, cb1, false);
           prep_rows(c, rw[mi], m0 + mi, b, d, t0, Tc, false);
         }
+        if (nv == 1) {
+          fwd_steps_one_vector<T, MG, COUPLED>(rw, Ap, pbc + (t0 - tb0) * SW, SW, Sd, Glast,
+                                               wM, Tc, L - 1 - t0);
+        } else
         for (int64_t j = 0; j < Tc; ++j) {
           const int64_t t = t0 + j;
           if (COUPLED && MG > 1 && t == L - 1)
