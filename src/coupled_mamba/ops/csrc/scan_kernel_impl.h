@@ -651,15 +651,14 @@ static inline void fwd_steps_one_vector(Rows<T>* rw, const T* Ap, const T* q0, i
     if (COUPLED) {
       const V G = w * S[0];
       if (MG > 1 && j == jl) st(Glast, G);
-      V asum = bc<V>(T(0)), bsum = bc<V>(T(0));
+      V Sn;
       for (int mi = 0; mi < MG; ++mi) {
         const V a = vexp2(bcl<V>(rw[mi].dt + j) * Am[mi]);
-        const V bb = bcl<V>(rw[mi].dtu + j) * ld<V>(q + mi * W);
-        st(rw[mi].acc_y + j * W, ld<V>(q + (MG + mi) * W) * (a * G + bb));
-        asum += a;
-        bsum += bb;
+        const V h = a * G + bcl<V>(rw[mi].dtu + j) * ld<V>(q + mi * W);
+        st(rw[mi].acc_y + j * W, ld<V>(q + (MG + mi) * W) * h);
+        Sn = mi == 0 ? h : Sn + h;
       }
-      S[0] = (w * asum) * S[0] + bsum;
+      S[0] = Sn;
     } else {
       for (int mi = 0; mi < MG; ++mi) {
         const V a = vexp2(bcl<V>(rw[mi].dt + j) * Am[mi]);
