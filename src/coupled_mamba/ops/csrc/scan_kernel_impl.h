@@ -630,12 +630,12 @@ template <typename T, int MG> static inline int64_t pk(int64_t mi, int64_t n) {
 
 // The steps of one chunk when the state is a single vector (N <= W, e.g. N = 16 in float with
 // AVX-512). With one vector per step there is no independent work across n to hide latency, so
-// the step-to-step chain decides the speed: the state stays in registers for the whole chunk
-// (not a store and reload per step), and the rank-one update is rewritten so that one FMA is on
-// the chain: S' = sum_m (Abar_m G + bbar_m) = (w sum_m Abar_m) S + sum_m bbar_m with G = w S
-// (w = wM for MG > 1, else 1), the sums computed off the chain. "none" keeps one state per
-// modality, MG independent chains. jl: the step of this chunk that is the sequence's last
-// (G of that step goes to Glast for the last state), negative or >= Tc if none.
+// the state stays in registers for the whole chunk instead of a store and reload on the
+// step-to-step chain. Rank one: G = w S (w = wM for MG > 1, else 1), S' = sum_m h[m]. (Moving
+// the sums off the chain, S' = (w sum_m Abar_m) S + sum_m bbar_m, was tried: no faster, since the
+// loop is then bound by vector-op throughput.) "none" keeps one state per modality, MG
+// independent chains. jl: the step of this chunk that is the sequence's last (G of that step
+// goes to Glast for the last state), negative or >= Tc if none.
 template <typename T, int MG, bool COUPLED>
 static inline void fwd_steps_one_vector(Rows<T>* rw, const T* Ap, const T* q0, int64_t SW,
                                         T* Sd, T* Glast, T wM, int64_t Tc, int64_t jl) {
