@@ -651,7 +651,7 @@ static inline void fwd_steps_one_vector(Rows<T>* rw, const T* Ap, const T* q0, i
     if (COUPLED) {
       const V G = w * S[0];
       if (MG > 1 && j == jl) st(Glast, G);
-      V Sn;
+      V Sn = bc<V>(T(0));
       for (int mi = 0; mi < MG; ++mi) {
         const V a = vexp2(bcl<V>(rw[mi].dt + j) * Am[mi]);
         const V h = a * G + bcl<V>(rw[mi].dtu + j) * ld<V>(q + mi * W);
