@@ -222,10 +222,13 @@ def _chunk_bwd_launch(u, delta, A, B, C, D, z, delta_bias, ckpt, dy, dlast, grad
     return args, meta
 
 
-def _grad_buffers(u, delta, B, C, z, atomic, part_alloc, partial_shapes, ct):
-    """du, ddelta, dz (input shapes), dB, dC (fp32 when summed with atomics) and the partial sums
-    of dA, dD, d delta_bias (``partial_shapes``, None where the input is absent)."""
+def _grad_buffers(u, delta, B, C, z, D, delta_bias, N, atomic, part_alloc, ct):
+    """du, ddelta, dz (input shapes), dB, dC (fp32 when summed with atomics) and the per batch
+    row partial sums of dA (Bt, M, D, N), dD and d delta_bias (Bt, M, D; None where absent)."""
     dev = u.device
+    M, Bt, Dd, _ = u.shape
+    partial_shapes = [(Bt, M, Dd, N), None if D is None else (Bt, M, Dd),
+                      None if delta_bias is None else (Bt, M, Dd)]
     bc_dtype = torch.float32 if atomic and B.dtype != torch.float64 else B.dtype
     alloc = torch.zeros if atomic else torch.empty
     out = [torch.empty_like(u), torch.empty_like(delta),
@@ -273,9 +276,7 @@ class _CoupledScanTritonChunked(torch.autograd.Function):
         dy = dy.contiguous()
         # Per batch row partial sums of dA, dD, d delta_bias, accumulated chunk by chunk.
         du, ddelta, dz, dB, dC, dA, dD, dbias = _grad_buffers(
-            u, delta, B, C, z, atomic, torch.zeros,
-            [(Bt, M, Dd, N), None if D is None else (Bt, M, Dd),
-             None if delta_bias is None else (Bt, M, Dd)], ct)
+            u, delta, B, C, z, D, delta_bias, N, atomic, torch.zeros, ct)
         dh0 = torch.empty_like(h0) if h0 is not None else None
         args, meta = _chunk_bwd_launch(
             u, delta, A, B, C, D, z, delta_bias, ckpt, dy,
@@ -336,9 +337,7 @@ class _CoupledScanTriton(torch.autograd.Function):
         atomic = n_dblk > 1
         dy = dy.contiguous()
         du, ddelta, dz, dB, dC, dA, dD, dbias = _grad_buffers(
-            u, delta, B, C, z, atomic, torch.empty,
-            [(Bt, M, Dd, N), None if D is None else (Bt, M, Dd),
-             None if delta_bias is None else (Bt, M, Dd)], ct)
+            u, delta, B, C, z, D, delta_bias, N, atomic, torch.empty, ct)
         dW = torch.empty(Bt, n_dblk, M, M, device=dev, dtype=ct) if need_dw else None
         dh0 = torch.empty_like(h0) if h0 is not None else None
         scratch = torch.empty(Bt * n_dblk * (cfg.chunk // cfg.sub_chunk) * MP * bd * NP,
