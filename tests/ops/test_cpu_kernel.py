@@ -207,6 +207,20 @@ def test_extreme_decay_and_nan_propagation(make_scan_inputs):
     assert torch.isnan(y_c).any()
 
 
+def test_flush_to_zero_ends_with_the_kernel(make_scan_inputs):
+    """The kernel runs with denormal results flushed to zero (a denormal costs a microcode assist)
+    but hands the thread back in the caller's mode: denormal arithmetic afterwards still gives
+    denormals. Forward and backward, on this (the calling) thread."""
+    tiny = torch.tensor([1e-30], dtype=torch.float32)
+    denormal = (tiny * 1e-10).item()
+    assert 0 < denormal < torch.finfo(torch.float32).tiny  # this process keeps denormals
+    kw = make_scan_inputs(dtype=torch.float32, L=70)
+    y = _cpu.coupled_selective_scan_cpu(**kw, delta_softplus=True)
+    assert (tiny * 1e-10).item() == denormal
+    y.sum().backward()
+    assert (tiny * 1e-10).item() == denormal
+
+
 def test_large_softplus_arguments_follow_torch(make_scan_inputs):
     """softplus(x) = x above 20 (torch's threshold), log1p(exp(x)) below; the gradients too."""
     kw = make_scan_inputs(L=16, N=3)

@@ -33,7 +33,7 @@ def _expect(name: str, t: torch.Tensor | None, expected: tuple, letters: str) ->
         return
     if not isinstance(t, torch.Tensor):
         raise ValueError(f"{name}: expected a tensor of shape {letters}, got {type(t).__name__}")
-    if _shape(t) != expected:
+    if t.shape != expected:  # torch.Size compares equal to a tuple of the same ints
         raise ValueError(f"{name}: got shape {_shape(t)}, expected {letters} = {expected}")
 
 
@@ -96,4 +96,4 @@ def to_compute_dtype(u: torch.Tensor, *tensors):
     float32 (half inputs are upcast once here rather than inside every implementation).
     None entries pass through."""
     work = torch.float64 if u.dtype == torch.float64 else torch.float32
-    return work, tuple(None if t is None else t.to(work) for t in tensors)
+    return work, tuple(t if t is None or t.dtype == work else t.to(work) for t in tensors)

@@ -136,16 +136,12 @@ class _CoupledScanFn(torch.autograd.Function):
     """Autograd wrapper: compiled forward; compiled backward from the chunk-start states."""
 
     @staticmethod
-    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, initial_state, W, mode, w, softplus,
-                grad_enabled):
-        ops = _load()
-        # needs_input_grad is set from requires_grad even under torch.no_grad(): the caller
-        # passes whether grad mode was on, so that inference does not save chunk states.
-        save = grad_enabled and any(ctx.needs_input_grad[:10])
-        y, last, saved = ops.fwd(u, delta, A, B, C, D, z, delta_bias, initial_state, W,
-                                 mode, w, softplus, save)
-        if save:
-            ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, initial_state, W, saved)
+    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, initial_state, W, mode, w, softplus):
+        # Only applied with grad mode on and an input requiring grad (inference calls the
+        # kernel directly), so the chunk-start states are always saved here.
+        y, last, saved = _load().fwd(u, delta, A, B, C, D, z, delta_bias, initial_state, W,
+                                     mode, w, softplus, True)
+        ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, initial_state, W, saved)
         ctx.cfg = (mode, w, softplus)
         return y, last
 
@@ -162,7 +158,7 @@ class _CoupledScanFn(torch.autograd.Function):
         out = [du, ddelta, dA, dB, dC, dD, dz, dbias, dinit, dW]
         out = [g if (t is not None and need) else None
                for g, t, need in zip(out, present, ctx.needs_input_grad[:10], strict=True)]
-        return (*out, None, None, None, None)
+        return (*out, None, None, None)
 
 
 def coupled_selective_scan_cpu(
@@ -191,10 +187,13 @@ def coupled_selective_scan_cpu(
         # An (M, M) tensor that happens to be diagonal or 11^T / M could take the cheaper
         # kernels, but its gradient must still reach every entry: keep the general form.
     mode = _MODES[cp.kind]
-    y, last = _CoupledScanFn.apply(
-        u, delta, A, B, C, D, z, delta_bias, initial_state, W, mode, float(cp.weight),
-        bool(delta_softplus), torch.is_grad_enabled(),
-    )
+    args = (u, delta, A, B, C, D, z, delta_bias, initial_state, W)
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in args):
+        y, last = _CoupledScanFn.apply(*args, mode, float(cp.weight), bool(delta_softplus))
+    else:
+        # Inference: the kernel directly, without autograd.Function's bookkeeping (a few
+        # microseconds a call, which the streaming step with L = 1 pays every token).
+        y, last, _ = _load().fwd(*args, mode, float(cp.weight), bool(delta_softplus), False)
     y = y.to(out_dtype)
     return (y, last) if return_last_state else y
 

@@ -142,9 +142,9 @@ template <> inline void reduce_rows<float>(const float* acc, int64_t R, float* o
 #endif
 
 // ---------------------------------------------------------------------------------------------
-// 2^x. Round x to n, r = x - n, 2^r by a polynomial, times 2^n. Inputs below -125 (float) /
-// -1021 (double) give 0 rather than a denormal (true values < 2e-38 / 5e-308; denormals are slow
-// and carry no information here); above the overflow threshold +inf; NaN stays NaN.
+// 2^x. Round x to n, r = x - n, 2^r by a polynomial, times 2^n. Inputs below about -126 (float)
+// / -1021 (double) give 0 rather than a denormal (true values < 2e-38 / 5e-308; denormals are
+// slow and carry no information here); above the overflow threshold +inf; NaN stays NaN.
 static inline VF poly_exp2(VF r) {
   // Near-minimax fit of 2^r on [-1/2, 1/2], max relative error 9.5e-8 in float arithmetic.
   VF p = bc<VF>(1.526723790448159e-4f);
@@ -184,13 +184,13 @@ static inline VD poly_exp2(VD r) {
 static inline VF vexp2(VF x) {
 #if SCAN_VBYTES == 64
   // r = x - floor(x) in [0, 1) exactly (vreduceps), 2^r by a polynomial, then scalef multiplies
-  // by 2^floor(x) itself: 10 operations with the argument's multiply. No upper clamp is needed:
-  // x >= 128 (and +inf, whose reduction is 0) overflows to +inf in scalef; x < -125 (and -inf)
-  // gives 0; NaN stays NaN.
+  // by 2^floor(x) itself: 9 operations with the argument's multiply. No clamp is needed: x >= 128
+  // (and +inf, whose reduction is 0) overflows to +inf in scalef; x < -126 gives a denormal,
+  // which the kernels' flush-to-zero mode (FlushToZero) turns into 0 without an assist; -inf
+  // (reduction 0) gives 0; NaN stays NaN.
   const __m512 xv = (__m512)x;
-  const __mmask16 keep = _mm512_cmp_ps_mask(xv, _mm512_set1_ps(-125.0f), _CMP_NLT_UQ);
   const VF r = (VF)_mm512_reduce_ps(xv, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
-  return (VF)_mm512_maskz_scalef_ps(keep, (__m512)poly_exp2_01(r), xv);
+  return (VF)_mm512_scalef_ps((__m512)poly_exp2_01(r), xv);
 #else
   typedef VT<float>::U U;
   const VF lo = bc<VF>(-126.4f), hi = bc<VF>(129.4f);
@@ -365,11 +365,16 @@ template <typename T> static inline Rows<T> rows_at(T* base, int64_t mi, int64_t
   return r;
 }
 
+// Rows a chunk of Tc steps occupies in the pointwise passes: Tc rounded up to 16 (reduce_rows'
+// group, a multiple of every vector width), not the full T, so that a short last chunk (a short
+// sequence, a streaming step with L = 1) costs its length rather than a whole chunk.
+static inline int64_t rows_used(int64_t Tc) { return (Tc + 15) / 16 * 16; }
+
 template <typename T>
 static inline const T* src_or_pad(const T* src, T* pad, int64_t Tc, int64_t Tn) {
   if (Tc == Tn) return src;
   for (int64_t j = 0; j < Tc; ++j) pad[j] = src[j];
-  for (int64_t j = Tc; j < Tn; ++j) pad[j] = T(0);
+  for (int64_t j = Tc, Tv = rows_used(Tc); j < Tv; ++j) pad[j] = T(0);
   return pad;
 }
 
@@ -449,7 +454,7 @@ static void prep_rows(const Ctx<T>& c, Rows<T>& r, int64_t m, int64_t b, int64_t
   r.z = c.z ? src_or_pad(c.z + off, r.pad_z, Tc, Tn) : nullptr;
   if (backward) r.dout = src_or_pad(c.dout + off, r.pad_o, Tc, Tn);
   const T bias = c.bias ? c.bias[m * c.D + d] : T(0);
-  for (int64_t j = 0; j < Tn; j += W) {
+  for (int64_t j = 0, Tv = rows_used(Tc); j < Tv; j += W) {
     const V x = ld<V>(dl + j) + bias;
     V g = bc<V>(T(1));
     const V dt = c.a.softplus ? vsoftplus(x, backward ? &g : nullptr) : x;
@@ -473,12 +478,12 @@ static void finish_rows_fwd(const Ctx<T>& c, Rows<T>& r, int64_t m, int64_t b, i
                             int64_t t0, int64_t Tc) {
   typedef typename VT<T>::V V;
   const int W = VT<T>::W;
-  const int64_t Tn = c.T_;
-  reduce_rows(r.acc_y, Tn, r.ys);
+  const int64_t Tn = c.T_, Tv = rows_used(Tc);
+  reduce_rows(r.acc_y, Tv, r.ys);
   const T Dm = c.Dskip ? c.Dskip[m * c.D + d] : T(0);
   T* out = c.y + c.row(m, b, d) + t0;
   T* dst = Tc == Tn ? out : r.ys;
-  for (int64_t j = 0; j < Tn; j += W) {
+  for (int64_t j = 0; j < Tv; j += W) {
     V yv = ld<V>(r.ys + j) + Dm * ld<V>(r.u + j);
     if (c.z) {
       const V zv = ld<V>(r.z + j);
@@ -498,11 +503,11 @@ static void finish_rows_bwd(const Ctx<T>& c, Rows<T>& r, int64_t m, int64_t b, i
                             int64_t t0, int64_t Tc, T* dD_acc, T* dbias_acc) {
   typedef typename VT<T>::V V;
   const int W = VT<T>::W;
-  const int64_t Tn = c.T_;
-  reduce_rows(r.acc_1, Tn, r.s1);
-  reduce_rows(r.acc_2, Tn, r.s2);
-  if (c.z) reduce_rows(r.acc_y, Tn, r.ys);
-  for (int64_t j = Tc; j < Tn; ++j) r.s1[j] = r.s2[j] = r.ys[j] = T(0);  // unused tail rows
+  const int64_t Tn = c.T_, Tv = rows_used(Tc);
+  reduce_rows(r.acc_1, Tv, r.s1);
+  reduce_rows(r.acc_2, Tv, r.s2);
+  if (c.z) reduce_rows(r.acc_y, Tv, r.ys);
+  for (int64_t j = Tc; j < Tv; ++j) r.s1[j] = r.s2[j] = r.ys[j] = T(0);  // unused tail rows
   const T Dm = c.Dskip ? c.Dskip[m * c.D + d] : T(0);
   const T ln2 = T(0.6931471805599453094);  // s2 was summed against A2 = A log2(e)
   const bool full = Tc == Tn;
@@ -511,7 +516,7 @@ static void finish_rows_bwd(const Ctx<T>& c, Rows<T>& r, int64_t m, int64_t b, i
   T* dd = full ? c.ddelta + off : r.dt;
   T* dz = full && c.z ? c.dz + off : r.pad_dl;
   V accD = bc<V>(T(0)), accb = bc<V>(T(0));
-  for (int64_t j = 0; j < Tn; j += W) {
+  for (int64_t j = 0; j < Tv; j += W) {
     const V dy = ld<V>(r.dy + j), uv = ld<V>(r.u + j), s1 = ld<V>(r.s1 + j);
     const V s2 = ld<V>(r.s2 + j) * ln2;
     if (c.z) {
@@ -634,30 +639,32 @@ template <typename T, int MG> static inline int64_t pk(int64_t mi, int64_t n) {
 // The steps of one chunk when the state is a single vector (N <= W, e.g. N = 16 in float with
 // AVX-512). With one vector per step there is no independent work across n to hide latency, so
 // the state stays in registers for the whole chunk instead of a store and reload on the
-// step-to-step chain. Rank one: G = w S (w = wM for MG > 1, else 1), S' = sum_m h[m]. (Moving
-// the sums off the chain, S' = (w sum_m Abar_m) S + sum_m bbar_m, was tried: no faster, since the
-// loop is then bound by vector-op throughput.) "none" keeps one state per modality, MG
-// independent chains. jl: the step of this chunk that is the sequence's last (G of that step
-// goes to Glast for the last state), negative or >= Tc if none.
+// step-to-step chain. Rank one: h[m] = Abar_m (w S) + bbar_m (w = wM for MG > 1, else 1),
+// S' = sum_m h[m]; the factor w goes into the exponent, Abar_m w = 2^(dt A2 + log2 w) (lw), so
+// the multiply by w is an FMA that is already there and leaves the step-to-step chain (which is
+// then h = a S + bbar and the sum over m). (Moving the sums off the chain,
+// S' = (w sum_m Abar_m) S + sum_m bbar_m, was tried: no faster, since the loop is then bound by
+// vector-op throughput.) "none" keeps one state per modality, MG independent chains. jl: the step
+// of this chunk that is the sequence's last (its G = w S goes to Glast for the last state),
+// negative or >= Tc if none.
 template <typename T, int MG, bool COUPLED>
 static inline void fwd_steps_one_vector(Rows<T>* rw, const T* Ap, const T* q0, int64_t SW,
-                                        T* Sd, T* Glast, T wM, int64_t Tc, int64_t jl) {
+                                        T* Sd, T* Glast, T wM, T lw, int64_t Tc, int64_t jl) {
   typedef typename VT<T>::V V;
   const int W = VT<T>::W;
   constexpr int NS = COUPLED ? 1 : MG;
-  const V w = bc<V>((COUPLED && MG > 1) ? wM : T(1));
+  const V lwv = bc<V>((COUPLED && MG > 1) ? lw : T(0));
   V S[NS], Am[MG];
   for (int i = 0; i < NS; ++i) S[i] = ld<V>(Sd + i * W);
   for (int mi = 0; mi < MG; ++mi) Am[mi] = ld<V>(Ap + mi * W);
   for (int64_t j = 0; j < Tc; ++j) {
     const T* q = q0 + j * SW;  // B of modality mi at q + mi W, C at q + (MG + mi) W
     if (COUPLED) {
-      const V G = w * S[0];
-      if (MG > 1 && j == jl) st(Glast, G);
+      if (MG > 1 && j == jl) st(Glast, wM * S[0]);
       V Sn = bc<V>(T(0));
       for (int mi = 0; mi < MG; ++mi) {
-        const V a = vexp2(bcl<V>(rw[mi].dt + j) * Am[mi]);
-        const V h = a * G + bcl<V>(rw[mi].dtu + j) * ld<V>(q + mi * W);
+        const V a = vexp2(bcl<V>(rw[mi].dt + j) * Am[mi] + lwv);  // Abar w
+        const V h = a * S[0] + bcl<V>(rw[mi].dtu + j) * ld<V>(q + mi * W);
         st(rw[mi].acc_y + j * W, ld<V>(q + (MG + mi) * W) * h);
         Sn = mi == 0 ? h : Sn + h;
       }
@@ -685,6 +692,7 @@ static void fwd_rank1(const Ctx<T>& c, const TaskRange& r, int64_t b, int64_t m0
   const int W = VT<T>::W;
   const int64_t Np = c.Np, N = c.N, Tn = c.T_, L = c.L, nv = Np / W, SW = nv * 2 * MG * W;
   const int64_t SS = COUPLED ? Np : MG * Np;  // carried state per unit
+  const T lw = T(__builtin_log2(double(wM)));  // for fwd_steps_one_vector (wM > 0 in rank one)
   for (int64_t d = r.d0; d < r.d1; ++d) {
     T* Sd = carry + (d - r.d0) * cstride;
     for (int64_t n = 0; n < SS; ++n) Sd[n] = T(0);
@@ -719,7 +727,7 @@ static void fwd_rank1(const Ctx<T>& c, const TaskRange& r, int64_t b, int64_t m0
         }
         if (nv == 1) {
           fwd_steps_one_vector<T, MG, COUPLED>(rw, Ap, pbc + (t0 - tb0) * SW, SW, Sd, Glast,
-                                               wM, Tc, L - 1 - t0);
+                                               wM, lw, Tc, L - 1 - t0);
         } else
         for (int64_t j = 0; j < Tc; ++j) {
           const int64_t t = t0 + j;
@@ -1122,8 +1130,22 @@ static inline void rank1(const Ctx<T>& c, const TaskRange& r, int64_t b, int64_t
   else fwd_rank1<T, MG, COUPLED>(c, r, b, m0, wM, carry, cstride, soff, rows, buf);
 }
 
+// Flush-to-zero (x86 MXCSR.FTZ) while a task runs: a result below the smallest normal number
+// (2^-126 in float) becomes 0 instead of a denormal. Denormal results cost a microcode assist,
+// about 55 ns for one vscalefps on this project's Xeon against 1 ns (measured), and a decaying
+// state or a very negative dt A produces them; they carry no information at that scale. Inputs
+// are not touched (no DAZ). The caller's mode is restored when the task ends.
+struct FlushToZero {
+#if defined(__x86_64__) || defined(_M_X64)
+  unsigned saved;
+  FlushToZero() : saved(_mm_getcsr()) { _mm_setcsr(saved | 0x8000u); }
+  ~FlushToZero() { _mm_setcsr(saved); }
+#endif
+};
+
 template <typename T, bool BWD>
 static void run_task(const ScanArgs& a, const TaskRange& r, void* scr) {
+  const FlushToZero ftz;
   Ctx<T> c(a);
   int64_t rows_off, buf_off;
   scratch_layout(a, BWD, &rows_off, &buf_off);
