@@ -97,6 +97,7 @@ def test_single_modality_slices_equal_a_one_modality_encoder():
 # --- coupling ---------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("coupling", ["mean", 0.4, "learned", "sum"])
+@pytest.mark.filterwarnings("ignore:coupling='sum':RuntimeWarning")  # its documented warning
 def test_coupling_carries_information_forward_in_time_only(coupling):
     """Perturbing modality A at step t changes modality B at steps > t and never at steps <= t."""
     enc = randomize(make_encoder(M=3, coupling=coupling))
