@@ -1145,7 +1145,7 @@ struct FlushToZero {
 
 template <typename T, bool BWD>
 static void run_task(const ScanArgs& a, const TaskRange& r, void* scr) {
-  const FlushToZero ftz;
+  FlushToZero ftz;  // restores the caller's mode on return
   Ctx<T> c(a);
   int64_t rows_off, buf_off;
   scratch_layout(a, BWD, &rows_off, &buf_off);
