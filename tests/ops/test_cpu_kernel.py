@@ -295,13 +295,14 @@ def test_is_available_reports_build_failure(monkeypatch, recwarn):
 
 
 def test_inference_saves_no_chunk_states(monkeypatch, make_scan_inputs):
-    """Under torch.no_grad() the forward does not write the chunk-start states for a backward."""
+    """Under torch.no_grad() the forward does not write the chunk-start states for a backward,
+    nor the last state unless it is asked for (which then still equals the reference)."""
     real = _cpu._load()
-    saves = []
+    calls = []
 
     class Recorder:
         def fwd(self, *args):
-            saves.append(args[-1])
+            calls.append(args[-2:])  # (save, want_last)
             return real.fwd(*args)
 
         def bwd(self, *args):
@@ -311,7 +312,10 @@ def test_inference_saves_no_chunk_states(monkeypatch, make_scan_inputs):
     kw = make_scan_inputs(L=9)  # inputs require grad
     with torch.no_grad():
         _cpu.coupled_selective_scan_cpu(**kw)
+        _, h = _cpu.coupled_selective_scan_cpu(**kw, return_last_state=True)
+        _, h_ref = coupled_selective_scan_ref(**kw, return_last_state=True)
+    assert _rel(h, h_ref) < 1e-12
     y = _cpu.coupled_selective_scan_cpu(**kw)
     y.sum().backward()
-    assert saves == [False, True]
+    assert calls == [(False, False), (False, True), (True, True)]
     assert kw["u"].grad is not None and kw["u"].grad.abs().sum() > 0

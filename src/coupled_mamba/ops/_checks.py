@@ -56,37 +56,41 @@ def check_scan_inputs(
     N = A.shape[2]
     if L == 0 or N == 0 or M == 0:
         raise ValueError(f"u/A: empty dimension (M={M}, L={L}, N={N}); all must be >= 1")
-    _expect("delta", delta, (M, Bt, Dc, L), "(M, Bt, D, L)")
-    _expect("A", A, (M, Dc, N), "(M, D, N)")
-    _expect("B", B, (M, Bt, N, L), "(M, Bt, N, L)")
-    _expect("C", C, (M, Bt, N, L), "(M, Bt, N, L)")
-    _expect("D", D, (M, Dc), "(M, D)")
-    _expect("z", z, (M, Bt, Dc, L), "(M, Bt, D, L)")
-    _expect("delta_bias", delta_bias, (M, Dc), "(M, D)")
-    _expect("initial_state", initial_state, (M, Bt, Dc, N), "(M, Bt, D, N)")
-
-    named = {
-        "u": u, "delta": delta, "A": A, "B": B, "C": C, "D": D, "z": z,
-        "delta_bias": delta_bias, "initial_state": initial_state,
-    }
-    present = {k: v for k, v in named.items() if v is not None}
-    for k, v in present.items():
-        if v.device != u.device:
-            raise ValueError(f"{k}: on device {v.device}, but u is on {u.device}")
-        if v.dtype not in _SUPPORTED:
-            raise ValueError(f"{k}: dtype {v.dtype} not supported; use fp32, fp64, fp16 or bf16")
-    dtype = u.dtype
-    for k in ("delta", "B", "C", "z"):
-        if k in present and present[k].dtype != dtype:
-            raise ValueError(f"{k}: dtype {present[k].dtype} differs from u's dtype {dtype}")
-    for k in ("A", "D", "delta_bias", "initial_state"):
-        if k in present:
-            dt_k = present[k].dtype
-            if dt_k != dtype and not (dtype in _HALF and dt_k == torch.float32):
-                raise ValueError(
-                    f"{k}: dtype {dt_k} differs from u's dtype {dtype} "
-                    "(float32 is accepted when u is fp16/bf16)"
-                )
+    bdl = (M, Bt, Dc, L)
+    # One pass over the inputs (this runs on every call, the streaming step's L = 1 included):
+    # shape, device, supported dtype, then u's dtype (A, D, delta_bias, initial_state may be
+    # float32 when u is half precision).
+    specs = (
+        ("delta", delta, bdl, "(M, Bt, D, L)", True),
+        ("A", A, (M, Dc, N), "(M, D, N)", False),
+        ("B", B, (M, Bt, N, L), "(M, Bt, N, L)", True),
+        ("C", C, (M, Bt, N, L), "(M, Bt, N, L)", True),
+        ("D", D, (M, Dc), "(M, D)", False),
+        ("z", z, bdl, "(M, Bt, D, L)", True),
+        ("delta_bias", delta_bias, (M, Dc), "(M, D)", False),
+        ("initial_state", initial_state, (M, Bt, Dc, N), "(M, Bt, D, N)", False),
+    )
+    device, dtype = u.device, u.dtype
+    if dtype not in _SUPPORTED:
+        raise ValueError(f"u: dtype {dtype} not supported; use fp32, fp64, fp16 or bf16")
+    for name, t, expected, letters, same_dtype in specs:
+        if t is None:
+            continue
+        _expect(name, t, expected, letters)
+        if t.device != device:
+            raise ValueError(f"{name}: on device {t.device}, but u is on {device}")
+        dt_k = t.dtype
+        if dt_k == dtype:
+            continue
+        if dt_k not in _SUPPORTED:
+            raise ValueError(f"{name}: dtype {dt_k} not supported; use fp32, fp64, fp16 or bf16")
+        if same_dtype:
+            raise ValueError(f"{name}: dtype {dt_k} differs from u's dtype {dtype}")
+        if not (dtype in _HALF and dt_k == torch.float32):
+            raise ValueError(
+                f"{name}: dtype {dt_k} differs from u's dtype {dtype} "
+                "(float32 is accepted when u is fp16/bf16)"
+            )
     compute = torch.float32 if dtype in _HALF else dtype
     return ScanDims(M, Bt, Dc, N, L, compute)
 

@@ -140,7 +140,7 @@ class _CoupledScanFn(torch.autograd.Function):
         # Only applied with grad mode on and an input requiring grad (inference calls the
         # kernel directly), so the chunk-start states are always saved here.
         y, last, saved = _load().fwd(u, delta, A, B, C, D, z, delta_bias, initial_state, W,
-                                     mode, w, softplus, True)
+                                     mode, w, softplus, True, True)
         ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, initial_state, W, saved)
         ctx.cfg = (mode, w, softplus)
         return y, last
@@ -193,7 +193,8 @@ def coupled_selective_scan_cpu(
     else:
         # Inference: the kernel directly, without autograd.Function's bookkeeping (a few
         # microseconds a call, which the streaming step with L = 1 pays every token).
-        y, last, _ = _load().fwd(*args, mode, float(cp.weight), bool(delta_softplus), False)
+        y, last, _ = _load().fwd(*args, mode, float(cp.weight), bool(delta_softplus), False,
+                                 bool(return_last_state))
     y = y.to(out_dtype)
     return (y, last) if return_last_state else y
 

@@ -146,11 +146,6 @@ Prepared prepare(const Tensor& u, const Tensor& delta, const Tensor& A, const Te
   Prepared p;
   p.u = u.contiguous();
   p.delta = delta.contiguous();
-  // The kernels compute Abar = 2^(dt A log2(e)) (see scan_kernel_impl.h).
-  p.Ap = at::constant_pad_nd(A.mul(1.4426950408889634074), {0, Np - N}).contiguous();
-  // (M, Bt, N, L) -> (M, Bt, L, Np): the inner loop runs over contiguous n.
-  p.Bp = at::constant_pad_nd(B.transpose(2, 3), {0, Np - N}).contiguous();
-  p.Cp = at::constant_pad_nd(C.transpose(2, 3), {0, Np - N}).contiguous();
   p.D = contig(D);
   p.z = contig(z);
   p.bias = contig(bias);
@@ -161,6 +156,20 @@ Prepared prepare(const Tensor& u, const Tensor& delta, const Tensor& A, const Te
     p.W = at::full({M, M}, w / static_cast<double>(M), u.options());
     mode = coupled_scan::kGeneral;
   }
+  const bool raw_abc = mode != coupled_scan::kGeneral;
+  if (raw_abc) {
+    // The diagonal and rank-one kernels copy A, B and C into packed buffers anyway (pack_a,
+    // pack_bc) and scale, transpose and pad them there: no extra pass over B and C here.
+    p.Ap = A.contiguous();
+    p.Bp = B.contiguous();
+    p.Cp = C.contiguous();
+  } else {
+    // The kernels compute Abar = 2^(dt A log2(e)) (see scan_kernel_impl.h).
+    p.Ap = at::constant_pad_nd(A.mul(1.4426950408889634074), {0, Np - N}).contiguous();
+    // (M, Bt, N, L) -> (M, Bt, L, Np): the inner loop runs over contiguous n.
+    p.Bp = at::constant_pad_nd(B.transpose(2, 3), {0, Np - N}).contiguous();
+    p.Cp = at::constant_pad_nd(C.transpose(2, 3), {0, Np - N}).contiguous();
+  }
 
   ScanArgs& a = p.a;
   std::memset(&a, 0, sizeof(a));
@@ -169,6 +178,7 @@ Prepared prepare(const Tensor& u, const Tensor& delta, const Tensor& A, const Te
   a.mode = static_cast<int>(mode);
   a.w = w;
   a.softplus = softplus;
+  a.raw_abc = raw_abc;
   a.u = p.u.data_ptr(); a.delta = p.delta.data_ptr(); a.A = p.Ap.data_ptr();
   a.Bm = p.Bp.data_ptr(); a.Cm = p.Cp.data_ptr();
   a.Dskip = ptr_or_null(p.D); a.z = ptr_or_null(p.z); a.bias = ptr_or_null(p.bias);
@@ -194,8 +204,9 @@ void run_tasks(const KernelTable* tb, const ScanArgs& a, const std::vector<TaskR
   });
 }
 
-// Returns y (M, Bt, D, L), the last state (M, Bt, D, N) and, when save is true, the states at
-// chunk starts (Bt, D, nchunks, S) needed by bwd (an empty tensor otherwise).
+// Returns y (M, Bt, D, L), the last state (M, Bt, D, N; an empty tensor unless want_last) and,
+// when save is true, the states at chunk starts (Bt, D, nchunks, S) needed by bwd (an empty
+// tensor otherwise).
 std::tuple<Tensor, Tensor, Tensor> fwd(const Tensor& u, const Tensor& delta, const Tensor& A,
                                        const Tensor& B, const Tensor& C,
                                        const std::optional<Tensor>& D,
@@ -203,17 +214,17 @@ std::tuple<Tensor, Tensor, Tensor> fwd(const Tensor& u, const Tensor& delta, con
                                        const std::optional<Tensor>& bias,
                                        const std::optional<Tensor>& init,
                                        const std::optional<Tensor>& W, int64_t mode, double w,
-                                       bool softplus, bool save) {
+                                       bool softplus, bool save, bool want_last) {
   const KernelTable* tb = current_table();
   Prepared p = prepare(u, delta, A, B, C, D, z, bias, init, W, mode, w, softplus);
   ScanArgs& a = p.a;
   auto opt = p.u.options();
   Tensor y = at::empty_like(p.u);
-  Tensor last = at::empty({a.M, a.Bt, a.D, a.N}, opt);
+  Tensor last = want_last ? at::empty({a.M, a.Bt, a.D, a.N}, opt) : at::empty({0}, opt);
   const int64_t S = a.mode == coupled_scan::kRank1 ? a.Np : a.M * a.Np;
   Tensor saved = save ? at::empty({a.Bt, a.D, a.nchunks, S}, opt) : at::empty({0}, opt);
   a.y = y.data_ptr();
-  a.last = last.data_ptr();
+  a.last = want_last ? last.data_ptr() : nullptr;
   a.saved = save ? saved.data_ptr() : nullptr;
   bool split = false;
   std::vector<TaskRange> tasks = make_tasks(a.Bt, a.D, &split);
@@ -284,7 +295,7 @@ TORCH_LIBRARY(coupled_mamba_scan, m) {
   m.def(
       "fwd(Tensor u, Tensor delta, Tensor A, Tensor B, Tensor C, Tensor? D, Tensor? z, "
       "Tensor? delta_bias, Tensor? initial_state, Tensor? W, int mode, float w, bool softplus, "
-      "bool save) -> (Tensor, Tensor, Tensor)",
+      "bool save, bool want_last) -> (Tensor, Tensor, Tensor)",
       &fwd);
   m.def(
       "bwd(Tensor u, Tensor delta, Tensor A, Tensor B, Tensor C, Tensor? D, Tensor? z, "

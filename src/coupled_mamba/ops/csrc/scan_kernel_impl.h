@@ -19,8 +19,9 @@
 // - The forward writes the state at each chunk start ("saved", 1/T of the states) when a backward
 //   will follow. The backward walks chunks in reverse: recompute the chunk's states from the saved
 //   one into a small buffer (T x M x Np, with Abar), then run the reverse recurrence over it.
-// - The host passes A2 = A log2(e), so Abar = 2^(dt A2): our own vectorised exp2 (rounding to
-//   an integer, a degree-6 polynomial, then the power of two; about 2 ulp in float).
+// - The kernels use A2 = A log2(e) (formed by the host for the general kernel, by pack_a for the
+//   others), so Abar = 2^(dt A2): our own vectorised exp2 (rounding to an integer, a degree-6
+//   polynomial, then the power of two; about 2 ulp in float).
 // - Sums over n (y = C.h and two sums of the backward) are kept as vectors per step and reduced
 //   for a whole chunk at once (a transpose-and-add), not one horizontal sum per step.
 
@@ -140,6 +141,21 @@ template <> inline void reduce_rows<float>(const float* acc, int64_t R, float* o
   }
 }
 #endif
+
+// out[r] for the first n rows, n any count: whole groups of 16 as above; a remainder of up to 5
+// rows by single horizontal sums (about 9 operations each, against 46 for a group), so that a
+// short chunk (L = 50: 3 groups and 2 rows) does not pay for a whole padded group.
+template <typename T> static inline void reduce_rows_n(const T* acc, int64_t n, T* out) {
+  typedef typename VT<T>::V V;
+  const int64_t full = n / 16 * 16, rest = n - full;
+  if (full) reduce_rows(acc, full, out);
+  if (rest == 0) return;
+  if (rest > 5) {
+    reduce_rows(acc + full * VT<T>::W, 16, out + full);
+    return;
+  }
+  for (int64_t r = full; r < n; ++r) out[r] = hsum(ld<V>(acc + r * VT<T>::W));
+}
 
 // ---------------------------------------------------------------------------------------------
 // 2^x. Round x to n, r = x - n, 2^r by a polynomial, times 2^n. Inputs below about -126 (float)
@@ -326,6 +342,8 @@ template <typename T> struct Ctx {
   }
   int64_t row(int64_t m, int64_t b, int64_t d) const { return ((m * Bt + b) * D + d) * L; }
   int64_t st_off(int64_t m, int64_t b, int64_t d) const { return ((m * Bt + b) * D + d) * N; }
+  // Rows of the host-prepared layouts (general W only; the other kernels get raw_abc layouts
+  // and read them in pack_a / pack_bc).
   const T* Arow(int64_t m, int64_t d) const { return A2 + (m * D + d) * Np; }
   const T* Brow(int64_t m, int64_t b, int64_t t) const { return Bm + ((m * Bt + b) * L + t) * Np; }
   const T* Crow(int64_t m, int64_t b, int64_t t) const { return Cm + ((m * Bt + b) * L + t) * Np; }
@@ -479,7 +497,7 @@ static void finish_rows_fwd(const Ctx<T>& c, Rows<T>& r, int64_t m, int64_t b, i
   typedef typename VT<T>::V V;
   const int W = VT<T>::W;
   const int64_t Tn = c.T_, Tv = rows_used(Tc);
-  reduce_rows(r.acc_y, Tv, r.ys);
+  reduce_rows_n(r.acc_y, Tc, r.ys);  // rows Tc..Tv of ys are left unset: never written out
   const T Dm = c.Dskip ? c.Dskip[m * c.D + d] : T(0);
   T* out = c.y + c.row(m, b, d) + t0;
   T* dst = Tc == Tn ? out : r.ys;
@@ -504,9 +522,9 @@ static void finish_rows_bwd(const Ctx<T>& c, Rows<T>& r, int64_t m, int64_t b, i
   typedef typename VT<T>::V V;
   const int W = VT<T>::W;
   const int64_t Tn = c.T_, Tv = rows_used(Tc);
-  reduce_rows(r.acc_1, Tv, r.s1);
-  reduce_rows(r.acc_2, Tv, r.s2);
-  if (c.z) reduce_rows(r.acc_y, Tv, r.ys);
+  reduce_rows_n(r.acc_1, Tc, r.s1);
+  reduce_rows_n(r.acc_2, Tc, r.s2);
+  if (c.z) reduce_rows_n(r.acc_y, Tc, r.ys);
   for (int64_t j = Tc; j < Tv; ++j) r.s1[j] = r.s2[j] = r.ys[j] = T(0);  // unused tail rows
   const T Dm = c.Dskip ? c.Dskip[m * c.D + d] : T(0);
   const T ln2 = T(0.6931471805599453094);  // s2 was summed against A2 = A log2(e)
@@ -587,17 +605,21 @@ static int64_t scratch_elems(const ScanArgs& a, bool backward) {
 // are amortised over all channels (B, C) or all steps (A).
 template <typename T, int MG>
 static void pack_bc(const Ctx<T>& c, int64_t b, int64_t m0, int64_t tb0, int64_t tb1, T* dst) {
-  typedef typename VT<T>::V V;
   const int W = VT<T>::W;
-  const int64_t nv = c.Np / W, SW = nv * 2 * MG * W;
+  const int64_t N = c.N, L = c.L, nv = c.Np / W, SW = nv * 2 * MG * W;
+  // B, C arrive as the caller's (M, Bt, N, L) (raw_abc): element n of step t is at n L + t.
+  // Steps outer, n inner: the N cache lines a step reads serve the next steps too.
   for (int64_t t = tb0; t < tb1; ++t)
     for (int mi = 0; mi < MG; ++mi) {
-      const T *Bs = c.Brow(m0 + mi, b, t), *Cs = c.Crow(m0 + mi, b, t);
+      const int64_t row = ((m0 + mi) * c.Bt + b) * N * L + t;
+      const T *Bs = c.Bm + row, *Cs = c.Cm + row;
       T* q = dst + (t - tb0) * SW + mi * W;
-      for (int64_t v = 0; v < nv; ++v) {
-        st(q + v * 2 * MG * W, ld<V>(Bs + v * W));
-        st(q + (v * 2 + 1) * MG * W, ld<V>(Cs + v * W));
-      }
+      for (int64_t v = 0; v < nv; ++v)
+        for (int k = 0; k < W; ++k) {
+          const int64_t n = v * W + k;
+          q[v * 2 * MG * W + k] = n < N ? Bs[n * L] : T(0);
+          q[(v * 2 + 1) * MG * W + k] = n < N ? Cs[n * L] : T(0);
+        }
     }
 }
 
@@ -620,13 +642,23 @@ static void unpack_add_bc(const Ctx<T>& c, const TaskRange& r, int64_t b, int64_
     }
 }
 
+// A arrives as the caller's (M, D, N) (raw_abc); packed as A log2(e), zero-padded to Np (the
+// same product the host forms for the general kernel).
 template <typename T, int MG>
 static inline void pack_a(const Ctx<T>& c, int64_t m0, int64_t d, T* dst) {
   typedef typename VT<T>::V V;
   const int W = VT<T>::W;
+  const T log2e = T(1.4426950408889634074);
   for (int mi = 0; mi < MG; ++mi) {
-    const T* Am = c.Arow(m0 + mi, d);
-    for (int64_t v = 0; v < c.Np / W; ++v) st(dst + (v * MG + mi) * W, ld<V>(Am + v * W));
+    const T* Am = c.A2 + ((m0 + mi) * c.D + d) * c.N;
+    for (int64_t v = 0; v < c.Np / W; ++v) {
+      T* q = dst + (v * MG + mi) * W;
+      if ((v + 1) * W <= c.N) {
+        st(q, ld<V>(Am + v * W) * log2e);
+      } else {  // the partial last vector: zero-pad
+        for (int k = 0; k < W; ++k) q[k] = v * W + k < c.N ? Am[v * W + k] * log2e : T(0);
+      }
+    }
   }
 }
 
@@ -759,9 +791,9 @@ static void fwd_rank1(const Ctx<T>& c, const TaskRange& r, int64_t b, int64_t m0
           for (int mi = 0; mi < MG; ++mi) st(rw[mi].acc_y + j * W, acc[mi]);
         }
         for (int mi = 0; mi < MG; ++mi) finish_rows_fwd(c, rw[mi], m0 + mi, b, d, t0, Tc);
-        if (t0 + Tc == L) {
-          // Last state per modality: the carry itself (diagonal, or one modality), else
-          // recompute h[L-1][m] = Abar G + bbar from G of the last step (one step of exps).
+        if (t0 + Tc == L && c.last) {
+          // Last state per modality (when asked for): the carry itself (diagonal, or one
+          // modality), else h[L-1][m] = Abar G + bbar from G of the last step (one step of exps).
           for (int mi = 0; mi < MG; ++mi) {
             T* out = c.last + c.st_off(m0 + mi, b, d);
             if (!COUPLED || MG == 1) {
@@ -839,7 +871,7 @@ static void fwd_general(const Ctx<T>& c, const TaskRange& r, int64_t b, T* carry
         bind_rows(c, rw, m, b, d, t0, Tc, false);
         finish_rows_fwd(c, rw, m, b, d, t0, Tc);
       }
-      if (t0 + Tc == L)
+      if (t0 + Tc == L && c.last)
         for (int64_t m = 0; m < M; ++m) {
           T* out = c.last + c.st_off(m, b, d);
           for (int64_t n = 0; n < N; ++n) out[n] = hs[m * Np + n];
