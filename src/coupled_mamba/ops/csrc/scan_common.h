@@ -17,10 +17,10 @@ enum Mode : int { kDiag = 0, kRank1 = 1, kGeneral = 2 };
 // Everything a kernel needs, as raw pointers (element type: float or double, by table entry).
 // Layouts (all contiguous, row-major):
 //   u, delta, z, y, dout, du, ddelta, dz: (M, Bt, D, L)
-//   A, Bm, Cm with raw_abc (diag and rank-one kernels): as the caller gave them, A (M, D, N),
-//     Bm, Cm (M, Bt, N, L); those kernels scale, transpose and pad them while packing.
-//   Otherwise (general W): A (M, D, Np) = A log2(e) zero-padded over n, Bm, Cm (M, Bt, L, Np)
-//     transposed, zero-padded.
+//   A, Bm, Cm for kDiag and kRank1: as the caller gave them, A (M, D, N), Bm, Cm (M, Bt, N, L);
+//     those kernels scale, transpose and pad them while packing.
+//   For kGeneral: A (M, D, Np) = A log2(e) zero-padded over n, Bm, Cm (M, Bt, L, Np) transposed,
+//     zero-padded.
 //   Dskip, bias: (M, D)                    W: (M, M)
 //   init, last, dlast, dinit: (M, Bt, D, N); last may be null (the caller does not want it)
 //   saved: (Bt, D, nchunks, S) with S = Np (rank1) or M * Np (diag, general): the state at the
@@ -30,7 +30,6 @@ struct ScanArgs {
   int mode;
   double w;  // rank1 only: W = (w / M) 11^T
   bool softplus;
-  bool raw_abc;  // A, Bm, Cm in the caller's layouts (see above)
   const void *u, *delta, *A, *Bm, *Cm, *Dskip, *z, *bias, *init, *W;
   void *y, *last, *saved;
   // Backward only.

@@ -156,8 +156,7 @@ Prepared prepare(const Tensor& u, const Tensor& delta, const Tensor& A, const Te
     p.W = at::full({M, M}, w / static_cast<double>(M), u.options());
     mode = coupled_scan::kGeneral;
   }
-  const bool raw_abc = mode != coupled_scan::kGeneral;
-  if (raw_abc) {
+  if (mode != coupled_scan::kGeneral) {
     // The diagonal and rank-one kernels copy A, B and C into packed buffers anyway (pack_a,
     // pack_bc) and scale, transpose and pad them there: no extra pass over B and C here.
     p.Ap = A.contiguous();
@@ -178,7 +177,6 @@ Prepared prepare(const Tensor& u, const Tensor& delta, const Tensor& A, const Te
   a.mode = static_cast<int>(mode);
   a.w = w;
   a.softplus = softplus;
-  a.raw_abc = raw_abc;
   a.u = p.u.data_ptr(); a.delta = p.delta.data_ptr(); a.A = p.Ap.data_ptr();
   a.Bm = p.Bp.data_ptr(); a.Cm = p.Cp.data_ptr();
   a.Dskip = ptr_or_null(p.D); a.z = ptr_or_null(p.z); a.bias = ptr_or_null(p.bias);

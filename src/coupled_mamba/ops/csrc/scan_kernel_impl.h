@@ -241,8 +241,10 @@ static inline VD vexp2(VD x) {
 #endif
 }
 
+constexpr double kLog2e = 1.4426950408889634074;  // exp(x) = 2^(x log2(e))
+
 template <typename V> static inline V vexp(V x) {
-  return vexp2(x * (__typeof__(x[0]))1.4426950408889634074);
+  return vexp2(x * (__typeof__(x[0]))kLog2e);
 }
 
 // 1 / x for x in [1, 2] (all our uses): AVX-512 refines rcp14 once (error ~1e-8).
@@ -342,8 +344,8 @@ template <typename T> struct Ctx {
   }
   int64_t row(int64_t m, int64_t b, int64_t d) const { return ((m * Bt + b) * D + d) * L; }
   int64_t st_off(int64_t m, int64_t b, int64_t d) const { return ((m * Bt + b) * D + d) * N; }
-  // Rows of the host-prepared layouts (general W only; the other kernels get raw_abc layouts
-  // and read them in pack_a / pack_bc).
+  // Rows of the host-prepared layouts (general W only; the other kernels get the caller's
+  // layouts and read them in pack_a / pack_bc).
   const T* Arow(int64_t m, int64_t d) const { return A2 + (m * D + d) * Np; }
   const T* Brow(int64_t m, int64_t b, int64_t t) const { return Bm + ((m * Bt + b) * L + t) * Np; }
   const T* Crow(int64_t m, int64_t b, int64_t t) const { return Cm + ((m * Bt + b) * L + t) * Np; }
@@ -383,8 +385,8 @@ template <typename T> static inline Rows<T> rows_at(T* base, int64_t mi, int64_t
   return r;
 }
 
-// Rows a chunk of Tc steps occupies in the pointwise passes: Tc rounded up to 16 (reduce_rows'
-// group, a multiple of every vector width), not the full T, so that a short last chunk (a short
+// Rows a chunk of Tc steps occupies in the pointwise passes: Tc rounded up to 16 (a multiple of
+// every vector width), not the full T, so that a short last chunk (a short
 // sequence, a streaming step with L = 1) costs its length rather than a whole chunk.
 static inline int64_t rows_used(int64_t Tc) { return (Tc + 15) / 16 * 16; }
 
@@ -415,8 +417,8 @@ static inline void bind_rows(const Ctx<T>& c, Rows<T>& r, int64_t m, int64_t b, 
 // holding only prefetches is judged free of side effects and its calls are deleted (GCC 12 at
 // -O3 removed every prefetch of this file that way).
 template <typename T>
-__attribute__((always_inline)) static inline void prefetch_rows(const Ctx<T>& c, int64_t m, int64_t b, int64_t d, int64_t t0,
-                                 int64_t Tc, bool backward) {
+__attribute__((always_inline)) static inline void prefetch_rows(
+    const Ctx<T>& c, int64_t m, int64_t b, int64_t d, int64_t t0, int64_t Tc, bool backward) {
   const int64_t off = c.row(m, b, d) + t0;
   const int64_t line = 64 / static_cast<int64_t>(sizeof(T));
   for (int64_t j = 0; j < Tc; j += line) {
@@ -447,8 +449,9 @@ template <typename T> static inline int64_t chunks_per_block(const Ctx<T>& c, in
 // Prefetch the rows of the unit that comes after (d, ch) in block [cb0, cb1) (chunks ascending
 // in the forward, descending in the backward).
 template <typename T>
-__attribute__((always_inline)) static inline void prefetch_next(const Ctx<T>& c, const TaskRange& r, int64_t m, int64_t b,
-                                 int64_t d, int64_t ch, int64_t cb0, int64_t cb1, bool backward) {
+__attribute__((always_inline)) static inline void prefetch_next(
+    const Ctx<T>& c, const TaskRange& r, int64_t m, int64_t b, int64_t d, int64_t ch, int64_t cb0,
+    int64_t cb1, bool backward) {
   int64_t dn = d, cn = backward ? ch - 1 : ch + 1;
   if (cn < cb0 || cn >= cb1) {
     dn = d + 1;
@@ -607,7 +610,7 @@ template <typename T, int MG>
 static void pack_bc(const Ctx<T>& c, int64_t b, int64_t m0, int64_t tb0, int64_t tb1, T* dst) {
   const int W = VT<T>::W;
   const int64_t N = c.N, L = c.L, nv = c.Np / W, SW = nv * 2 * MG * W;
-  // B, C arrive as the caller's (M, Bt, N, L) (raw_abc): element n of step t is at n L + t.
+  // B, C arrive as the caller's (M, Bt, N, L): element n of step t is at n L + t.
   // Steps outer, n inner: the N cache lines a step reads serve the next steps too.
   for (int64_t t = tb0; t < tb1; ++t)
     for (int mi = 0; mi < MG; ++mi) {
@@ -642,13 +645,13 @@ static void unpack_add_bc(const Ctx<T>& c, const TaskRange& r, int64_t b, int64_
     }
 }
 
-// A arrives as the caller's (M, D, N) (raw_abc); packed as A log2(e), zero-padded to Np (the
+// A arrives as the caller's (M, D, N); packed as A log2(e), zero-padded to Np (the
 // same product the host forms for the general kernel).
 template <typename T, int MG>
 static inline void pack_a(const Ctx<T>& c, int64_t m0, int64_t d, T* dst) {
   typedef typename VT<T>::V V;
   const int W = VT<T>::W;
-  const T log2e = T(1.4426950408889634074);
+  const T log2e = T(kLog2e);
   for (int mi = 0; mi < MG; ++mi) {
     const T* Am = c.A2 + ((m0 + mi) * c.D + d) * c.N;
     for (int64_t v = 0; v < c.Np / W; ++v) {
