@@ -454,8 +454,7 @@ def coupled_selective_scan_triton(
         W = cp.matrix.to(device=u.device, dtype=ct).contiguous()
     cfg = _Config(
         kind=kind, weight=float(cp.weight), softplus=bool(delta_softplus), grad=_grad_wanted(),
-        chunk=chunk,
-        sub_chunk=sub_chunk, block_d_fwd=bd_f, block_d_bwd=bd_b, num_warps=num_warps,
+        chunk=chunk, sub_chunk=sub_chunk, block_d_fwd=bd_f, block_d_bwd=bd_b, num_warps=num_warps,
     )
 
     def c(x):
