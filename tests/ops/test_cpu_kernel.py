@@ -95,6 +95,23 @@ def test_chunk_boundaries(L, make_scan_inputs):
             _assert_matches_ref(kw, coupling, torch.float64)
 
 
+@pytest.mark.parametrize("L", [1, 21, 50])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["fp64", "fp32"])
+def test_short_sequences_over_several_flat_blocks(L, dtype, make_scan_inputs, restore_isa):
+    """L <= 64 takes the flat pointwise passes over blocks of 4096 // L channels: two blocks here,
+    the second partial, and a flat array whose length is not a multiple of any vector width."""
+    D = 4096 // L + 6
+    kw = make_scan_inputs(Bt=2, D=D, N=16, L=L, dtype=dtype, with_state=True)
+    for isa in _supported_isas():
+        _cpu.isa(isa)
+        for coupling in ("mean", "none"):
+            _assert_matches_ref(kw, coupling, dtype)
+            with torch.no_grad():  # the inference call (no chunk states saved)
+                y = _cpu.coupled_selective_scan_cpu(**kw, coupling=coupling, delta_softplus=True)
+                y_r = coupled_selective_scan_ref(**kw, coupling=coupling, delta_softplus=True)
+            torch.testing.assert_close(y, y_r, rtol=TOL[dtype], atol=TOL[dtype])
+
+
 def test_several_time_blocks(make_scan_inputs):
     """Long enough for several time blocks (each ~512 KiB of B and C) and chunks within them."""
     torch.manual_seed(0)

@@ -516,6 +516,89 @@ static void finish_rows_fwd(const Ctx<T>& c, Rows<T>& r, int64_t m, int64_t b, i
     for (int64_t j = 0; j < Tc; ++j) out[j] = r.ys[j];
 }
 
+// Short sequences (L <= T: one chunk per row). The rows of consecutive channels of one (m, b) are
+// contiguous in u, delta, z, y, so the pointwise work of a block of channels runs over one flat
+// array of (d1 - d0) L elements: a 50-step row costs 50 elements of softplus and sigmoid rather
+// than a padded 64, and no row is copied, padded or handled by a call of its own. The main loop
+// reads dt, dt u from these arrays and reduces its sums over n into ys; flat_finish writes y.
+template <typename T> struct Flat {
+  T *dt, *dtu, *sz, *ys;  // dt, dt u, silu(z), sum_n C h: (d1 - d0) L elements each (+ slack)
+};
+// Channels per flat block, and the elements of one flat array: kFlatElems plus a vector of slack
+// (the last vector and reduce_rows_n's last group may pass the block's end).
+constexpr int64_t kFlatElems = 4096;
+constexpr int64_t kFlatArray = kFlatElems + kMaxLanes;
+static inline int64_t flat_channels(int64_t L) { return L >= kFlatElems ? 1 : kFlatElems / L; }
+
+template <typename T> static inline Flat<T> flat_at(T* base, int64_t mi) {
+  T* p = base + mi * 4 * kFlatArray;
+  return Flat<T>{p, p + kFlatArray, p + 2 * kFlatArray, p + 3 * kFlatArray};
+}
+
+// p, or the k < W remaining elements of p copied into tmp and padded with zeros.
+template <typename T> static inline const T* tail_or(const T* p, int64_t k, T* tmp) {
+  if (k >= VT<T>::W) return p;
+  for (int64_t j = 0; j < VT<T>::W; ++j) tmp[j] = j < k ? p[j] : T(0);
+  return tmp;
+}
+
+// dt = softplus(delta + bias), dt u and silu(z) of channels [d0, d1) of (m, b).
+template <typename T>
+static void flat_prep(const Ctx<T>& c, int64_t m, int64_t b, int64_t d0, int64_t d1,
+                      const Flat<T>& f) {
+  typedef typename VT<T>::V V;
+  const int W = VT<T>::W;
+  const int64_t L = c.L, n = (d1 - d0) * L, off = c.row(m, b, d0);
+  const T* x = c.delta + off;
+  if (c.bias) {  // the bias is per channel: add it row by row, into f.dt
+    for (int64_t d = d0; d < d1; ++d) {
+      const T bias = c.bias[m * c.D + d];
+      const T* s = x + (d - d0) * L;
+      T* o = f.dt + (d - d0) * L;
+      int64_t j = 0;
+      for (; j + W <= L; j += W) st(o + j, ld<V>(s + j) + bias);
+      for (; j < L; ++j) o[j] = s[j] + bias;
+    }
+    x = f.dt;  // then softplus in place
+  }
+  alignas(64) T tmp[3][kMaxLanes];
+  for (int64_t i = 0; i < n; i += W) {
+    const int64_t k = n - i;
+    V dt = ld<V>(tail_or(x + i, k, tmp[0]));
+    if (c.a.softplus) dt = vsoftplus(dt, (V*)nullptr);
+    st(f.dt + i, dt);
+    st(f.dtu + i, dt * ld<V>(tail_or(c.u + off + i, k, tmp[1])));
+    if (c.z) {
+      const V zv = ld<V>(tail_or(c.z + off + i, k, tmp[2]));
+      st(f.sz + i, zv * vsigmoid(zv));
+    }
+  }
+}
+
+// y = (ys + D u) silu(z) for channels [d0, d1) of (m, b), row by row (D is per channel).
+template <typename T>
+static void flat_finish(const Ctx<T>& c, int64_t m, int64_t b, int64_t d0, int64_t d1,
+                        const Flat<T>& f) {
+  typedef typename VT<T>::V V;
+  const int W = VT<T>::W;
+  const int64_t L = c.L;
+  for (int64_t d = d0; d < d1; ++d) {
+    const T Dm = c.Dskip ? c.Dskip[m * c.D + d] : T(0);
+    const int64_t off = c.row(m, b, d), fo = (d - d0) * L;
+    const T *u = c.u + off, *ys = f.ys + fo, *sz = f.sz + fo;
+    T* y = c.y + off;
+    int64_t j = 0;
+    for (; j + W <= L; j += W) {
+      V yv = ld<V>(ys + j) + Dm * ld<V>(u + j);
+      st(y + j, c.z ? yv * ld<V>(sz + j) : yv);
+    }
+    for (; j < L; ++j) {
+      const T yv = ys[j] + Dm * u[j];
+      y[j] = c.z ? yv * sz[j] : yv;
+    }
+  }
+}
+
 // Backward of the pointwise parts for one (m, b, d) chunk, given from the reverse pass (as
 // per-step vectors) s1[t] = sum_n dh B, s2[t] = sum_n dh g Abar A2 (g: the coupled previous state)
 // and ys[t] = sum_n C h. Writes du, ddelta, dz; adds the chunk's parts of dD and dbias.
@@ -585,12 +668,14 @@ static int64_t scratch_layout(const ScanArgs& a, bool backward, int64_t* rows_of
   *rows_off = off;
   off += round_up(a.M * kRowsPerM * a.T, 16);
   *buf_off = off;
-  // forward: G, h staging and packed A (M Np each), packed B/C block;
+  // forward: G, h staging and packed A (M Np each), packed B/C block, flat arrays of a short
+  // sequence (rank-one and diagonal kernels: 4 per modality);
   // backward: states (T + 1) x S, Abar T x M x Np, dlast staging, packed A and dA (M Np each),
   // dW accumulators (M M lanes), packed B/C and dB/dC blocks.
   const int64_t buf = backward ? (a.T + 1) * S + a.T * a.M * a.Np + 4 * a.M * a.Np +
                                      a.M * a.M * kMaxLanes + 2 * packed_block_elems(a)
-                               : 3 * a.M * a.Np + packed_block_elems(a);
+                               : 3 * a.M * a.Np + packed_block_elems(a) +
+                                     (a.nchunks == 1 ? 4 * a.M * kFlatArray : 0);
   return off + round_up(buf, 16);
 }
 
@@ -742,7 +827,15 @@ static void fwd_rank1(const Ctx<T>& c, const TaskRange& r, int64_t b, int64_t m0
   T* Ap = hl + c.M * Np;       // packed A of the channel
   T* pbc = Ap + c.M * Np;      // packed B, C of the time block
   Rows<T> rw[MG];
-  for (int mi = 0; mi < MG; ++mi) rw[mi] = rows_at(rows, mi, Tn);
+  Flat<T> fl[MG];
+  for (int mi = 0; mi < MG; ++mi) {
+    rw[mi] = rows_at(rows, mi, Tn);
+    fl[mi] = flat_at(pbc + packed_block_elems(c.a), mi);
+  }
+  // One chunk per row (L <= T): the pointwise passes run over blocks of fc channels (flat_prep).
+  const bool flat = c.a.nchunks == 1;
+  const int64_t fc = flat_channels(L);
+  int64_t fd0 = r.d0, fd1 = r.d0;  // the current flat block
   const int64_t CB = chunks_per_block(c, MG);
   for (int64_t cb0 = 0; cb0 < c.a.nchunks; cb0 += CB) {
     const int64_t cb1 = imin(cb0 + CB, c.a.nchunks), tb0 = cb0 * Tn, tb1 = imin(cb1 * Tn, L);
@@ -750,6 +843,11 @@ static void fwd_rank1(const Ctx<T>& c, const TaskRange& r, int64_t b, int64_t m0
     for (int64_t d = r.d0; d < r.d1; ++d) {
       T* Sd = carry + (d - r.d0) * cstride;
       pack_a<T, MG>(c, m0, d, Ap);
+      if (flat && d == fd1) {
+        fd0 = d;
+        fd1 = imin(d + fc, r.d1);
+        for (int mi = 0; mi < MG; ++mi) flat_prep(c, m0 + mi, b, fd0, fd1, fl[mi]);
+      }
       for (int64_t ch = cb0; ch < cb1; ++ch) {
         const int64_t t0 = ch * Tn, Tc = (L - t0 < Tn) ? L - t0 : Tn;
         if (c.saved) {
@@ -757,6 +855,11 @@ static void fwd_rank1(const Ctx<T>& c, const TaskRange& r, int64_t b, int64_t m0
           for (int64_t n = 0; n < SS; ++n) sv[n] = Sd[n];
         }
         for (int mi = 0; mi < MG; ++mi) {
+          if (flat) {
+            rw[mi].dt = fl[mi].dt + (d - fd0) * L;
+            rw[mi].dtu = fl[mi].dtu + (d - fd0) * L;
+            continue;
+          }
           prefetch_next(c, r, m0 + mi, b, d, ch, cb0, cb1, false);
           prep_rows(c, rw[mi], m0 + mi, b, d, t0, Tc, false);
         }
@@ -793,7 +896,10 @@ static void fwd_rank1(const Ctx<T>& c, const TaskRange& r, int64_t b, int64_t m0
           }
           for (int mi = 0; mi < MG; ++mi) st(rw[mi].acc_y + j * W, acc[mi]);
         }
-        for (int mi = 0; mi < MG; ++mi) finish_rows_fwd(c, rw[mi], m0 + mi, b, d, t0, Tc);
+        for (int mi = 0; mi < MG; ++mi) {
+          if (flat) reduce_rows_n(rw[mi].acc_y, Tc, fl[mi].ys + (d - fd0) * L);
+          else finish_rows_fwd(c, rw[mi], m0 + mi, b, d, t0, Tc);
+        }
         if (t0 + Tc == L && c.last) {
           // Last state per modality (when asked for): the carry itself (diagonal, or one
           // modality), else h[L-1][m] = Abar G + bbar from G of the last step (one step of exps).
@@ -813,6 +919,8 @@ static void fwd_rank1(const Ctx<T>& c, const TaskRange& r, int64_t b, int64_t m0
           }
         }
       }
+      if (flat && d + 1 == fd1)
+        for (int mi = 0; mi < MG; ++mi) flat_finish(c, m0 + mi, b, fd0, fd1, fl[mi]);
     }
   }
 }
