@@ -71,6 +71,9 @@ def _load():
     With OpenMP first where it applies; if that build fails (a compiler without OpenMP support),
     warn once and build a serial one under another name, rather than lose the kernel.
     """
+    ops = _state.get("ops")
+    if ops is not None:  # built and loaded: no lock needed to read it
+        return ops
     with _lock:
         if "ops" in _state:
             return _state["ops"]
@@ -92,8 +95,8 @@ def _load():
                     "coupled_mamba: the CPU scan kernel did not build with OpenMP "
                     f"({first[:200]}); built it without, so it runs on one thread",
                     RuntimeWarning, stacklevel=3)
-            _state["ops"] = torch.ops.coupled_mamba_scan
             _state["openmp"] = bool(flags)
+            _state["ops"] = torch.ops.coupled_mamba_scan  # last: the lock-free read tests it
             return _state["ops"]
         _state["error"] = errors[-1]
         raise errors[-1]
@@ -195,7 +198,8 @@ def coupled_selective_scan_cpu(
         # microseconds a call, which the streaming step with L = 1 pays every token).
         y, last, _ = _load().fwd(*args, mode, float(cp.weight), bool(delta_softplus), False,
                                  bool(return_last_state))
-    y = y.to(out_dtype)
+    if y.dtype != out_dtype:
+        y = y.to(out_dtype)
     return (y, last) if return_last_state else y
 
 
