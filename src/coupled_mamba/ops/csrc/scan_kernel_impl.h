@@ -531,6 +531,10 @@ template <typename T> struct Flat {
 constexpr int64_t kFlatElems = 4096;
 constexpr int64_t kFlatArray = kFlatElems + kMaxLanes;
 static inline int64_t flat_channels(int64_t L) { return L >= kFlatElems ? 1 : kFlatElems / L; }
+// Whether the forward takes the flat passes: rank-one and diagonal kernels, one chunk per row.
+static inline bool uses_flat(const ScanArgs& a) {
+  return a.mode != coupled_scan::kGeneral && a.nchunks == 1;
+}
 
 template <typename T> static inline Flat<T> flat_at(T* base, int64_t mi) {
   T* p = base + mi * 4 * kFlatArray;
@@ -677,7 +681,7 @@ static int64_t scratch_layout(const ScanArgs& a, bool backward, int64_t* rows_of
   const int64_t buf = backward ? (a.T + 1) * S + a.T * a.M * a.Np + 4 * a.M * a.Np +
                                      a.M * a.M * kMaxLanes + 2 * packed_block_elems(a)
                                : 3 * a.M * a.Np + packed_block_elems(a) +
-                                     (a.nchunks == 1 ? 4 * a.M * kFlatArray : 0);
+                                     (uses_flat(a) ? 4 * a.M * kFlatArray : 0);
   return off + round_up(buf, 16);
 }
 
@@ -835,7 +839,7 @@ static void fwd_rank1(const Ctx<T>& c, const TaskRange& r, int64_t b, int64_t m0
     fl[mi] = flat_at(pbc + packed_block_elems(c.a), mi);
   }
   // One chunk per row (L <= T): the pointwise passes run over blocks of fc channels (flat_prep).
-  const bool flat = c.a.nchunks == 1;
+  const bool flat = uses_flat(c.a);
   const int64_t fc = flat_channels(L);
   int64_t fd0 = r.d0, fd1 = r.d0;  // the current flat block
   const int64_t CB = chunks_per_block(c, MG);
