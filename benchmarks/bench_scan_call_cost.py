@@ -7,7 +7,7 @@ the cpu forward and the exp floor (torch.exp over the same count, in 1 MiB piece
 alternating with each other, and after a short sleep.
 
 Shapes: M = 3 modalities, B = 1, D = 256 channels, N state size, L length; float32, 1 thread,
-the inputs of bench_scan.py (D skip, z gate, delta_bias, softplus), coupling "mean".
+the inputs of bench_scan.py (D skip, z gate, delta_bias, softplus), coupling "mean" (or --coupling).
 
 Usage:
     python benchmarks/bench_scan_call_cost.py --N 16 --L 50
@@ -40,6 +40,7 @@ def main(argv=None):
     p.add_argument("--L", type=int, default=50)
     p.add_argument("--calls", type=int, default=200, help="timed calls per condition")
     p.add_argument("--sleep-ms", type=float, default=0.5)
+    p.add_argument("--coupling", default="mean", choices=("mean", "none", "sum"))
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     M, D = 3, 256
@@ -49,7 +50,7 @@ def main(argv=None):
 
     def scan():
         with torch.no_grad():
-            coupled_selective_scan(**kw, coupling="mean", delta_softplus=True, impl="cpu")
+            coupled_selective_scan(**kw, coupling=args.coupling, delta_softplus=True, impl="cpu")
 
     def timed(fn):
         t = time.perf_counter()
@@ -69,7 +70,8 @@ def main(argv=None):
             time.sleep(args.sleep_ms / 1e3)
             slept[name].append(timed(fn))
 
-    print(f"M={M} B=1 D={D} N={args.N} L={args.L}, 1 thread, medians in us")
+    print(f"M={M} B=1 D={D} N={args.N} L={args.L} coupling={args.coupling}, 1 thread, "
+          "medians in us")
     print(f"{'condition':28s} {'scan':>9s} {'exp floor':>10s} {'ratio':>7s}")
     for label, res in (("back to back", back), ("alternating", alt),
                        (f"after {args.sleep_ms} ms sleep", slept)):
