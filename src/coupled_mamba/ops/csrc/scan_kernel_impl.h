@@ -24,6 +24,9 @@
 //   (AVX-512) or degree-6 polynomial, then the power of two; at most 2.4 ulp in float).
 // - Sums over n (y = C.h and two sums of the backward) are kept as vectors per step and reduced
 //   for a whole chunk at once (a transpose-and-add), not one horizontal sum per step.
+// - Pointwise work (softplus, dt u, the gate) runs per (m, b, d) chunk row, except in the
+//   forward of a sequence of one chunk (L <= T, rank one and "none"): there it runs over flat
+//   arrays of many channels at once (flat_prep, flat_finish).
 
 #ifndef SCAN_NS
 #error "define SCAN_NS, SCAN_VBYTES and SCAN_ISA_NAME before including scan_kernel_impl.h"
