@@ -90,6 +90,48 @@ def test_coupling_bench_small_grid_dedupes_and_resumes(tmp_path):
     assert [r["mean"] for r in again["rows"]] == [r["mean"] for r in res["rows"]]
 
 
+def test_finished_runs_are_reused_only_by_the_same_code(tmp_path, monkeypatch, capsys):
+    """runs.jsonl resumes an interrupted benchmark; a run recorded by other code (another
+    commit, other uncommitted changes, or no record of the code) is trained again rather than
+    reported under the current commit."""
+    from coupled_mamba.bench import environment
+
+    out = tmp_path / "fusion"
+    argv = ["bench", "fusion", *TINY, "--seeds", "1", "--models", "avg_fusion",
+            "--out", str(out)]
+    runs = out / "runs.jsonl"
+
+    def run_with_code(code):
+        monkeypatch.setattr(environment, "code_version", lambda: code)
+        capsys.readouterr()
+        assert main(argv) == 0
+        return capsys.readouterr().out
+
+    run_with_code("aaaa111")
+    assert [json.loads(ln)["record"]["code"] for ln in _lines(runs)] == ["aaaa111"]
+    assert "done before (runs.jsonl, code aaaa111" in run_with_code("aaaa111")
+    assert len(_lines(runs)) == 1
+    log = run_with_code("aaaa111+1234abcd")  # the same commit with uncommitted changes
+    assert "from code aaaa111, the code is now aaaa111+1234abcd: training again" in log
+    assert [json.loads(ln)["record"]["code"] for ln in _lines(runs)] == [
+        "aaaa111", "aaaa111+1234abcd"]
+    # A record without a code field (written before codes were recorded) is not trusted.
+    items = [json.loads(ln) for ln in _lines(runs)]
+    for item in items:
+        item["record"].pop("code")
+    runs.write_text("".join(json.dumps(item) + "\n" for item in items))
+    assert "from code not recorded" in run_with_code("aaaa111+1234abcd")
+    # Outside a git checkout nothing can be told apart: finished runs are reused.
+    assert "done before" in run_with_code(None)
+    # --any-code reuses runs of other code (to redraw stored results), and the report says so.
+    argv.append("--any-code")
+    assert "done before (runs.jsonl, code aaaa111+1234abcd" in run_with_code("bbbb222")
+    md = (out / "fusion.md").read_text()
+    assert "| commit bbbb222" in md
+    assert "Runs trained by other code than this report's commit: avg_fusion: aaaa111+1234abcd" in md
+    assert len(_lines(runs)) == 3  # nothing was trained for the last two commands
+
+
 @pytest.mark.parametrize("protocol", ["same", "complete-train"])
 def test_missing_bench_protocols(tmp_path, protocol):
     out = tmp_path / protocol

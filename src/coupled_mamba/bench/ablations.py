@@ -20,8 +20,10 @@ population std over the seeds (as MMSA reports).
 
 Settings that resolve to the same training run (e.g. the base model appears in several coupling
 groups) are trained once. Finished runs are appended to ``OUT/runs.jsonl`` and reused when the
-command is run again with the same settings, so an interrupted benchmark continues where it
-stopped.
+command is run again with the same settings and the same code (commit and uncommitted changes of
+the package, ``environment.code_version``), so an interrupted benchmark continues where it
+stopped; a run recorded by other code, or with no record of its code, is trained again. Outside
+a git checkout the code cannot be told apart and finished runs are reused.
 """
 
 from __future__ import annotations
@@ -319,10 +321,15 @@ def _evaluate_missing(cfg, prepared, models, rates, apply_missing) -> dict:
 
 
 def run_settings(settings: Sequence[Setting], base, data, data_id: str, out_dir: str,
-                 log: Callable[[str], None] = print, resume: bool = True) -> list[dict]:
+                 log: Callable[[str], None] = print, resume: bool = True,
+                 any_code: bool = False) -> list[dict]:
     """Train every setting (deduplicated, resumable: module docstring); returns one row per
-    setting: group, label, model, params, data overrides, x, and its run record."""
+    setting: group, label, model, params, data overrides, x, and its run record (with the
+    ``code`` that trained it). ``any_code`` reuses finished runs whatever code recorded them."""
+    from .environment import code_version
+
     os.makedirs(out_dir, exist_ok=True)
+    code = code_version()
     cache_path = os.path.join(out_dir, "runs.jsonl")
     cache: dict[str, dict] = {}
     if resume and os.path.isfile(cache_path):
@@ -335,14 +342,22 @@ def run_settings(settings: Sequence[Setting], base, data, data_id: str, out_dir:
     for i, s in enumerate(settings, 1):
         cfg = setting_config(base, s)
         key = run_key(cfg, s, data, data_id)
+        head = f"[{i}/{len(settings)}] {s.group} {s.label}"
+        if key in cache and not any_code and code is not None and cache[key].get("code") != code:
+            # Reusing it would report another version's numbers under this one's commit.
+            log(f"{head}: runs.jsonl has it from code {cache[key].get('code') or 'not recorded'}"
+                f", the code is now {code}: training again (--any-code reuses it)")
+            del cache[key]
         if key in cache:
-            log(f"[{i}/{len(settings)}] {s.group} {s.label}: done before (runs.jsonl)")
+            log(f"{head}: done before (runs.jsonl, code {cache[key].get('code')}, finished "
+                f"{cache[key].get('finished')})")
         else:
-            log(f"[{i}/{len(settings)}] {s.group} {s.label}: training {s.model} "
+            log(f"{head}: training {s.model} "
                 f"({cfg.train.n_seeds} seed(s), {cfg.train.epochs} epochs max) ...")
             cache[key] = train_setting(cfg, data, s)
             cache[key]["finished"] = datetime.datetime.now().astimezone().isoformat(
                 timespec="seconds")
+            cache[key]["code"] = code
             with open(cache_path, "a") as f:
                 f.write(json.dumps(_json_safe({"key": key, "group": s.group, "label": s.label,
                                                "record": cache[key]})) + "\n")
@@ -490,8 +505,13 @@ def write_ablation(rows: list[dict], out_dir: str, name: str, header: dict,
     with open(paths[1], "w") as f:
         json.dump(_json_safe({**header, "rows": rows}), f, indent=2)
         f.write("\n")
-    lines = [f"Environment: {describe(header['environment'])}", "",
-             f"Command: `{header['command']}`", "", header.get("description", ""), ""]
+    lines = [f"Environment: {describe(header['environment'])}", ""]
+    other = [f"{r['label']}: {r.get('code') or 'not recorded'} (finished {r.get('finished')})"
+             for r in rows if r.get("code") != header["environment"]["git_commit"]]
+    if other:  # reused with --any-code: the numbers are not this commit's
+        lines += ["Runs trained by other code than this report's commit: " + "; ".join(other),
+                  ""]
+    lines += [f"Command: `{header['command']}`", "", header.get("description", ""), ""]
     if name == "missing":
         lines += [f"Test {metric}, mean ± std over seeds {rows[0]['seeds']} (p: two-sided "
                   "Welch t-test against coupled_mamba at the same rate):", "",

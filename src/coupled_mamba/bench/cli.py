@@ -140,7 +140,12 @@ def add_training_arguments(p: argparse.ArgumentParser) -> None:
                    help="metrics shown in the tables (default: by metric family)")
     t.add_argument("--plot-metric", help="metric plotted (default: the family's primary)")
     t.add_argument("--fresh", action="store_true",
-                   help="ignore finished runs in OUT/runs.jsonl (default: reuse them)")
+                   help="ignore finished runs in OUT/runs.jsonl (default: reuse those that "
+                        "this code recorded)")
+    t.add_argument("--any-code", action="store_true",
+                   help="also reuse finished runs that other code (another commit, other "
+                        "uncommitted changes) recorded, e.g. to redraw stored results; the "
+                        "report names their code")
     t.add_argument("--progress", action="store_true", help="show the trainer's progress bars")
     p.add_argument("--out", required=True, help="output folder")
 
@@ -207,7 +212,8 @@ def _run_training_bench(args: argparse.Namespace, name: str, make_settings, desc
     settings = make_settings(base, data)
     print(f"{name}: {len(settings)} settings x {base.train.n_seeds} seeds on {data.name} "
           f"({data_id})", flush=True)
-    rows = run_settings(settings, base, data, data_id, args.out, resume=not args.fresh)
+    rows = run_settings(settings, base, data, data_id, args.out, resume=not args.fresh,
+                        any_code=args.any_code)
     header = {
         "benchmark": name, "command": _command_line(), "description": description,
         "title": (f"missing modalities ({args.protocol}) on {data.name}" if name == "missing"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import hashlib
 import os
 import platform
 import subprocess
@@ -35,23 +36,38 @@ def _version(package: str) -> str | None:
         return None
 
 
-def _git_commit() -> str | None:
-    """The commit of the source checkout this package runs from, if it is one."""
+def _git(*args: str) -> str | None:
+    """stdout of a git command run in this package's directory, or None (no git, no checkout)."""
     here = os.path.dirname(os.path.abspath(__file__))
     try:
-        out = subprocess.run(["git", "-C", here, "rev-parse", "--short", "HEAD"],
-                             capture_output=True, text=True, timeout=10)
+        out = subprocess.run(["git", "-C", here, *args], capture_output=True, text=True,
+                             timeout=10)
     except (OSError, subprocess.SubprocessError):
         return None
-    return out.stdout.strip() or None
+    return out.stdout if out.returncode == 0 else None
+
+
+def code_version() -> str | None:
+    """The code this package runs: the short commit of its source checkout, plus
+    ``+<hash of the diff>`` when the package's files differ from that commit (so two different
+    sets of uncommitted changes never look alike). None outside a git checkout."""
+    commit = (_git("rev-parse", "--short", "HEAD") or "").strip()
+    if not commit:
+        return None
+    package_dir = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    diff = _git("diff", "HEAD", "--", package_dir)
+    if diff:
+        return f"{commit}+{hashlib.sha1(diff.encode()).hexdigest()[:8]}"
+    return commit
 
 
 def environment_info(device: str = "cpu", threads: int | None = None) -> dict:
     """A JSON-serialisable description of this run's environment.
 
     Keys: date (ISO, local time with offset), cpu, cpu_count, load_average (1/5/15 min, or None),
-    python, platform, versions (torch, numpy, triton, coupled-mamba ...), git_commit, device,
-    gpu (name or None), threads.
+    python, platform, versions (torch, numpy, triton, coupled-mamba ...), git_commit (see
+    ``code_version``: commit, "+diff hash" when the package has uncommitted changes, or None),
+    device, gpu (name or None), threads.
     """
     import torch
 
@@ -73,7 +89,7 @@ def environment_info(device: str = "cpu", threads: int | None = None) -> dict:
         "platform": platform.platform(),
         "versions": {k: v for k, v in versions.items() if v is not None},
         "torch_cuda": torch.version.cuda,
-        "git_commit": _git_commit(),
+        "git_commit": code_version(),
         "device": str(device),
         "gpu": gpu,
         "threads": threads if threads is not None else torch.get_num_threads(),
