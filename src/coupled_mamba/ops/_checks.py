@@ -27,19 +27,11 @@ def _shape(t: torch.Tensor) -> tuple:
     return tuple(t.shape)
 
 
-def _expect(name: str, t: torch.Tensor | None, expected: tuple, letters: str) -> None:
-    if t is None:
-        return
+def _shape_error(name: str, t, expected: tuple, letters: str) -> None:
+    """Raise the ValueError for an argument that is not a tensor of the expected shape."""
     if not isinstance(t, torch.Tensor):
         raise ValueError(f"{name}: expected a tensor of shape {letters}, got {type(t).__name__}")
-    if t.shape != expected:  # torch.Size compares equal to a tuple of the same ints
-        raise ValueError(f"{name}: got shape {_shape(t)}, expected {letters} = {expected}")
-
-
-_LETTERS = {
-    "delta": "(M, Bt, D, L)", "A": "(M, D, N)", "B": "(M, Bt, N, L)", "C": "(M, Bt, N, L)",
-    "D": "(M, D)", "z": "(M, Bt, D, L)", "delta_bias": "(M, D)", "initial_state": "(M, Bt, D, N)",
-}
+    raise ValueError(f"{name}: got shape {_shape(t)}, expected {letters} = {expected}")
 
 
 def _check_dtype(name: str, got: torch.dtype, dtype: torch.dtype, same_dtype: bool) -> None:
@@ -83,16 +75,21 @@ def check_scan_inputs(
     bdl = (M, Bt, Dc, L)
     bnl = (M, Bt, N, L)
     md = (M, Dc)
-    for name, t, expected, same_dtype in (
-        ("delta", delta, bdl, True), ("A", A, (M, Dc, N), False), ("B", B, bnl, True),
-        ("C", C, bnl, True), ("D", D, md, False), ("z", z, bdl, True),
-        ("delta_bias", delta_bias, md, False),
-        ("initial_state", initial_state, (M, Bt, Dc, N), False),
+    for name, t, expected, letters, same_dtype in (
+        ("delta", delta, bdl, "(M, Bt, D, L)", True),
+        ("A", A, (M, Dc, N), "(M, D, N)", False),
+        ("B", B, bnl, "(M, Bt, N, L)", True),
+        ("C", C, bnl, "(M, Bt, N, L)", True),
+        ("D", D, md, "(M, D)", False),
+        ("z", z, bdl, "(M, Bt, D, L)", True),
+        ("delta_bias", delta_bias, md, "(M, D)", False),
+        ("initial_state", initial_state, (M, Bt, Dc, N), "(M, Bt, D, N)", False),
     ):
         if t is None:
             continue
+        # torch.Size compares equal to a tuple of the same ints
         if not isinstance(t, torch.Tensor) or t.shape != expected:
-            _expect(name, t, expected, _LETTERS[name])
+            _shape_error(name, t, expected, letters)
         if t.device != device:
             raise ValueError(f"{name}: on device {t.device}, but u is on {device}")
         dt_k = t.dtype
