@@ -5,23 +5,24 @@
 
 One invocation, sized to finish in under 150 s on an H100 including Triton compilation
 (measurements stop being started past --budget-s, default 120, and are listed as skipped).
-Both kernel variants of ``coupled_selective_scan_triton`` are checked and timed: "chunked"
-(couplings "none" / "mean" / "sum": associative scan over chunks of time) and "seq" (every
-coupling, one step at a time; the only one for a general W). Sections:
+Kernel variants of ``coupled_selective_scan_triton`` checked and timed: "parallel" (forward
+without autograd: time steps spread over the threads, n looped; couplings "none" / "mean" /
+"sum"), "chunked" (same couplings, forward and backward: associative scan over chunks of time
+held in each thread) and "seq" (every coupling, one step at a time; the only one for a general
+W; its timings are in docs/triton_kernel.md and are not repeated here). Sections:
 
-1. correctness against the reference loop in float64 on the same device: y, last state and every
-   gradient at M=3, Bt=2, D=256, L=1024 (N=64: chunked "mean" and "none", seq general W;
-   N=16: chunked and seq "mean"), plus every coupling mode with every optional input at a small
-   size (L=300; "sum" at L=40, since it overflows float32 by design after ~80 steps), fp32 and
-   bf16;
-2. timings (CUDA events, warm-up, median) at M=3, Bt=32, D=256, N in {16, 64},
-   L in {50, 1024, 4096}, forward (no grad) and forward+backward: chunked "mean" and "none" (M
-   independent chains: the uncoupled baseline) everywhere; seq "mean" and "none" at L=1024 (the
-   comparison that picks the variant); seq general W at N=16, L=1024; the pure-PyTorch path
-   where it is cheap (L <= 1024 forward, L=50 forward+backward); mamba-ssm's selective_scan_fn
-   run M times if mamba_ssm imports;
-3. a tiny sweep of chunked tilings (channels per program, steps per chunk, warps) at N=64,
-   L=1024.
+1. correctness against the reference loop in float64 on the same device: y and last state of the
+   parallel forward at M=3, Bt=2, D=256, L=1024 (N=64 "mean" and "none", N=16 "mean"); y, last
+   state and every gradient of every coupling mode with every optional input at a small size
+   (L=300; "sum" at L=40, since it overflows float32 by design after ~80 steps): parallel
+   forward, chunked and seq with gradients; fp32 and bf16;
+2. a sweep of the parallel forward's tilings (steps per block, channels per program, warps) at
+   N in {64, 16}, L=1024, "mean" and "none";
+3. timings (CUDA events, warm-up, median) at M=3, Bt=32, D=256, N in {16, 64},
+   L in {50, 1024, 4096}: forward (no grad) of parallel (the sweep's fastest tiling per N and
+   coupling) and chunked, "mean" and "none" (M independent chains: the uncoupled baseline);
+   forward+backward of chunked "mean" and "none"; the pure-PyTorch path forward at L=50;
+   mamba-ssm's selective_scan_fn run M times if mamba_ssm imports.
 
 Shapes: M modalities, Bt batch, D channels, N state size, L length. Writes JSON (updated after
 every section, so a cut-off run keeps what it measured) and prints a compact table at the end.
@@ -56,11 +57,8 @@ from coupled_mamba.ops import (  # noqa: E402
 )
 
 GRAD_NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias", "initial_state")
-# Bytes the pure-PyTorch path keeps for backward per element of (M, Bt, D, N, L) in fp32,
-# measured with saved_tensors_hooks (45 at N in {16, 64}); used to skip rows that cannot fit.
-TORCH_SAVED_BYTES = 45
 SUM_L = 40  # "sum" coupling checks: float32 overflows (by design, SPEC section 2) after ~80 steps
-VARIANTS = ("chunked", "seq")
+VARIANTS = ("parallel", "chunked", "seq")
 
 
 # --- inputs -------------------------------------------------------------------------------
@@ -221,6 +219,13 @@ def run_grads(fn, kw, coupling, last):
     return y, h, dict(zip(names, torch.autograd.grad(loss, tensors), strict=True))
 
 
+def forward_only(fn, kw, coupling, last):
+    """(y, last state or None) under no_grad."""
+    with torch.no_grad():
+        out = fn(**kw, coupling=coupling, delta_softplus=True, return_last_state=last)
+    return out if last else (out, None)
+
+
 def check(name, shape, dtype, cases, device, tilings, with_state, tol, run=None):
     """Triton against the float64 reference on the same inputs; returns result rows.
 
@@ -238,13 +243,21 @@ def check(name, shape, dtype, cases, device, tilings, with_state, tol, run=None)
         kw64 = {k: v.detach().double().requires_grad_(True) for k, v in kw.items()}
         W64 = W.detach().double().requires_grad_(True) if isinstance(W, torch.Tensor) else W
         t0 = time.perf_counter()
-        y, h, g = run_grads(
-            lambda variant=variant, **a: _triton.coupled_selective_scan_triton(
-                **a, variant=variant, **tilings[variant]),
-            kw, W, with_state)
+
+        def fn(variant=variant, **a):
+            return _triton.coupled_selective_scan_triton(**a, variant=variant,
+                                                         **tilings[variant])
+
+        if variant == "parallel":  # a forward kernel only: under autograd it runs chunked
+            y, h, g, g_r = *forward_only(fn, kw, W, with_state), {}, {}
+        else:
+            y, h, g = run_grads(fn, kw, W, with_state)
         sync(device)
         t_triton = time.perf_counter() - t0
-        y_r, h_r, g_r = run_grads(coupled_selective_scan_ref, kw64, W64, with_state)
+        if variant == "parallel":
+            y_r, h_r = forward_only(coupled_selective_scan_ref, kw64, W64, with_state)
+        else:
+            y_r, h_r, g_r = run_grads(coupled_selective_scan_ref, kw64, W64, with_state)
         errs = {"y": rel(y, y_r)}
         if with_state:
             errs["last_state"] = rel(h, h_r)
@@ -303,8 +316,6 @@ def main(argv=None):
     ap.add_argument("--tiny", action="store_true", help="tiny shapes, for the smoke test")
     ap.add_argument("--budget-s", type=float, default=120.0,
                     help="stop starting new measurements after this many seconds")
-    ap.add_argument("--torch-mem-limit-gib", type=float, default=None,
-                    help="skip pure-PyTorch fwd+bwd rows whose autograd graph exceeds this")
     ap.add_argument("--no-sweep", action="store_true")
     args = ap.parse_args(argv)
     torch.manual_seed(0)
@@ -324,14 +335,9 @@ def main(argv=None):
     Ns = (4, 8) if tiny else (16, 64)
     Ls = (5, 12) if tiny else (50, 1024, 4096)
     # The interpreter gets tiny chunks, so the smoke test crosses several.
-    tilings = (dict(seq=dict(chunk=8, sub_chunk=4), chunked=dict(time_block=4, time_block_bwd=4))
-               if tiny else dict(seq={}, chunked={}))
-    if args.torch_mem_limit_gib is not None:
-        mem_limit = args.torch_mem_limit_gib * 2**30
-    elif device.type == "cuda":
-        mem_limit = 0.7 * torch.cuda.get_device_properties(0).total_memory
-    else:
-        mem_limit = 40e3  # bytes: in the smoke test the largest row takes the skip path too
+    tilings = (dict(seq=dict(chunk=8, sub_chunk=4), chunked=dict(time_block=4, time_block_bwd=4),
+                    parallel=dict(time_block=4, time_block_bwd=4))
+               if tiny else dict(seq={}, chunked={}, parallel={}))
 
     run = Run(args.out, args.budget_s)
     import triton
@@ -351,7 +357,8 @@ def main(argv=None):
                      bwd_tile=_triton.BWD_TILE),
             chunked=dict(t_fwd={N: _triton._chunk_t_fwd(N) for N in Ns},
                          t_bwd=_triton.CHUNK_T_BWD,
-                         block_d={N: _triton._chunk_block_d(D, _triton._pow2(N), 4) for N in Ns})),
+                         block_d={N: _triton._chunk_block_d(D, _triton._pow2(N), 4) for N in Ns}),
+            parallel=dict(time_block=_triton.PAR_T, block_d=_triton.PAR_BD, num_warps=4)),
         tilings=tilings, argv=sys.argv,
     )
     print(f"device {run.res['meta']['device']}, torch {torch.__version__}, "
@@ -363,43 +370,89 @@ def main(argv=None):
         big_L, big_Bt = (12, 1) if tiny else (1024, 2)
         res = run.res["correctness"]
         res += check("full-size", (M, big_Bt, D, Ns[1], big_L), torch.float32,
-                     [("mean", "chunked"), ("none", "chunked"), ("matrix", "seq")],
-                     device, tilings, False, (1e-4, 1e-3), run)
+                     [("mean", "parallel"), ("none", "parallel")],
+                     device, tilings, True, (1e-4, 1e-4), run)
         res += check("full-size", (M, big_Bt, D, Ns[0], big_L), torch.float32,
-                     [("mean", "chunked"), ("mean", "seq")], device, tilings, False,
-                     (1e-4, 1e-3), run)
+                     [("mean", "parallel")], device, tilings, True, (1e-4, 1e-4), run)
         small = (M, 2, 8 if tiny else 64, Ns[0], 10 if tiny else 300)
         res += check("all-modes", small, torch.float32,
-                     [("none", "chunked"), ("mean", "chunked"), ("sum", "chunked"),
+                     [("none", "parallel"), ("mean", "parallel"), ("sum", "parallel"),
+                      ("none", "chunked"), ("mean", "chunked"), ("sum", "chunked"),
                       (0.3, "seq"), ("matrix", "seq")], device, tilings, True, (1e-4, 1e-3), run)
-        res += check("bf16", small, torch.bfloat16, [("mean", "chunked"), ("matrix", "seq")],
+        res += check("bf16", small, torch.bfloat16,
+                     [("mean", "parallel"), ("mean", "chunked"), ("matrix", "seq")],
                      device, tilings, True, (1.6e-2, 3e-2), run)
         bad = [r for r in res if not r["ok"]]
         print(f"  correctness: {len(res) - len(bad)} passed, {len(bad)} failed")
 
     run.section("correctness vs float64 reference", correctness)
 
-    # 2. timings ---------------------------------------------------------------------------
+    # 2. tiling sweep of the parallel forward ----------------------------------------------
+    # The fastest tiling per (N, coupling) is what section 3 times as "parallel-*".
+    best = {}
+
+    def sweep():
+        L = Ls[1]
+        configs = ([dict(time_block=4), dict(time_block=8, block_d=2)] if tiny else [
+            dict(time_block=128), dict(time_block=256), dict(time_block=512),
+            dict(time_block=512, num_warps=8), dict(time_block=1024, num_warps=8),
+            dict(time_block=256, block_d=2), dict(time_block=256, block_d=2, num_warps=8),
+            dict(time_block=64, block_d=2), dict(time_block=32, block_d=4),
+            dict(time_block=64, block_d=4, num_warps=8), dict(time_block=128, num_warps=2),
+        ])
+        for N in Ns[::-1]:
+            kw = make_inputs(M, Bt_t, D, N, L, torch.float32, device)
+            for kind in ("mean", "none"):
+                # N=16 tries the first half only: N=64 is the size the model uses.
+                for cfg in configs if N == Ns[-1] else configs[:6]:
+                    row = dict(N=N, L=L, mode="fwd", coupling=kind, config=cfg)
+                    if run.over_budget():
+                        run.res["skipped"].append({**row, "why": "time budget"})
+                        continue
+                    try:
+                        row.update(measure(triton_fn(cfg, kind, "parallel"), kw, "fwd", device))
+                    except Exception as exc:  # a tiling that does not compile or fit
+                        run.res["skipped"].append({**row, "why": repr(exc)[:200]})
+                        print(f"  N={N:<3d} {kind:4s} {json.dumps(cfg):52s} failed: {exc!r}"[:160])
+                        continue
+                    run.res["sweep"].append(row)
+                    if (N, kind) not in best or row["ms"] < best[(N, kind)][1]:
+                        best[(N, kind)] = (cfg, row["ms"])
+                    print(f"  N={N:<3d} L={L:<5d} {kind:4s} {json.dumps(cfg):52s} "
+                          f"{row['ms']:9.3f} ms (first call {row['first_call_s']:.1f}s)",
+                          flush=True)
+            del kw
+        run.res["meta"]["parallel_best_tiling"] = {f"N={N},{kind}": v[0]
+                                                  for (N, kind), v in best.items()}
+
+    if not args.no_sweep:
+        run.section("tiling sweep (parallel forward)", sweep)
+
+    # 3. timings ---------------------------------------------------------------------------
     def timings():
-        # Chunked rows for every shape first, then the sequential kernel at L=1024, then
-        # mamba-ssm, then the slow PyTorch path: if the budget runs out, what is lost is the least
-        # informative.
-        L_mid = Ls[1]
-        W = coupling_arg("matrix", M, device, torch.float32)  # learned: fwd+bwd includes dW
+        # Forward rows of both variants for every shape first, then chunked forward+backward,
+        # then mamba-ssm, then the slow PyTorch path: if the budget runs out, what is lost is
+        # the least informative.
+        def par(kind, N):
+            return triton_fn(best.get((N, kind), (tilings["parallel"],))[0], kind, "parallel")
+
         groups = [
-            lambda N, L: [("chunked-mean", triton_fn(tilings["chunked"], "mean", "chunked"), None),
-                          ("chunked-none", triton_fn(tilings["chunked"], "none", "chunked"), None)],
-            lambda N, L: [] if L != L_mid else (
-                [("seq-mean", triton_fn(tilings["seq"], "mean", "seq"), None),
-                 ("seq-none", triton_fn(tilings["seq"], "none", "seq"), None)]
-                + ([("seq-W", triton_fn(tilings["seq"], W, "seq"), None)] if N == Ns[0] else [])),
+            lambda N, L: [("parallel-mean", par("mean", N), ("fwd",)),
+                          ("parallel-none", par("none", N), ("fwd",)),
+                          ("chunked-mean", triton_fn(tilings["chunked"], "mean", "chunked"),
+                           ("fwd",)),
+                          ("chunked-none", triton_fn(tilings["chunked"], "none", "chunked"),
+                           ("fwd",))],
+            lambda N, L: [("chunked-mean", triton_fn(tilings["chunked"], "mean", "chunked"),
+                           ("fwdbwd",)),
+                          ("chunked-none", triton_fn(tilings["chunked"], "none", "chunked"),
+                           ("fwdbwd",))],
         ]
         if mamba:
             groups.append(lambda N, L: [("mamba-ssm-x3", mamba, None)])
-        # The PyTorch path only where it is cheap (it is 3-8x slower than the first kernel).
+        # The PyTorch path only where it is cheap (its other sizes are in docs/triton_kernel.md).
         groups.append(lambda N, L: [("torch-mean", torch_fn("mean"),
-                                     ("fwd", "fwdbwd") if L == Ls[0] else
-                                     ("fwd",) if L == L_mid else ())])
+                                     ("fwd",) if L == Ls[0] else ())])
         for impls_for in groups:
             for N in Ns:
                 for L in Ls:
@@ -427,12 +480,6 @@ def main(argv=None):
         if run.over_budget():
             run.res["skipped"].append({**row, "why": "time budget"})
             return
-        need = TORCH_SAVED_BYTES * M * Bt_t * D * N * L
-        if name.startswith("torch") and mode == "fwdbwd" and need > mem_limit:
-            why = f"autograd graph ~{need / 2**30:.1f} GiB > limit {mem_limit / 2**30:.1f} GiB"
-            run.res["skipped"].append({**row, "why": why})
-            print(f"  N={N:<3d} L={L:<5d} {mode:6s} {name:13s} skipped: {why}")
-            return
         try:
             row.update(measure(fn, kw, mode, device))
         except torch.cuda.OutOfMemoryError as exc:
@@ -447,57 +494,22 @@ def main(argv=None):
 
     run.section("timings", timings)
 
-    # 3. tiling sweep ----------------------------------------------------------------------
-    def sweep():
-        L, N = Ls[1], Ns[-1]
-        kw = make_inputs(M, Bt_t, D, N, L, torch.float32, device)
-        base = tilings["chunked"]
-        configs = [  # the defaults are (BD=2, T=4) forward and backward at N=64
-            ("fwd", dict(block_d=2, time_block=8)),
-            ("fwd", dict(block_d=4, time_block=4)),
-            ("fwd", dict(block_d=4, time_block=4, num_warps=8)),
-            ("fwdbwd", dict(block_d_bwd=2, time_block_bwd=8)),
-            ("fwdbwd", dict(block_d_bwd=4, time_block_bwd=4, num_warps=8)),
-        ]
-        for mode, cfg in configs:
-            row = dict(N=N, L=L, mode=mode, config=cfg)
-            if run.over_budget():
-                run.res["skipped"].append({**row, "why": "time budget"})
-                continue
-            row.update(measure(triton_fn({**base, **cfg}, "mean", "chunked"), kw, mode, device))
-            run.res["sweep"].append(row)
-            print(f"  N={N:<3d} L={L:<5d} {mode:6s} {json.dumps(cfg):52s} {row['ms']:9.3f} ms "
-                  f"(first call {row['first_call_s']:.1f}s)", flush=True)
-        del kw
-
-    if not args.no_sweep:
-        run.section("tiling sweep (chunked, coupling='mean')", sweep)
-
     print_table(run)
     run.save()
     print(f"\nwrote {args.out} (elapsed {run.elapsed():.0f}s)")
     return 0 if not run.res["errors"] and all(r["ok"] for r in run.res["correctness"]) else 1
 
 
-IMPLS = ["chunked-mean", "chunked-none", "seq-mean", "seq-none", "seq-W", "torch-mean",
+IMPLS = ["parallel-mean", "parallel-none", "chunked-mean", "chunked-none", "torch-mean",
          "mamba-ssm-x3"]
 
 
-def recommend(t):
-    """{coupling kind: variant} from the timings t[(N, L, mode, impl)] = ms: the variant with the
-    smaller total time over the sizes where both were measured."""
-    out = {}
-    for kind in ("mean", "none"):
-        tot = {"chunked": 0.0, "seq": 0.0}
-        n = 0
-        for (N, L, mode, impl), ms in t.items():
-            other = t.get((N, L, mode, f"seq-{kind}"))
-            if impl == f"chunked-{kind}" and other is not None:
-                tot["chunked"] += ms
-                tot["seq"] += other
-                n += 1
-        out[kind] = (min(tot, key=tot.get), tot, n) if n else (None, tot, 0)
-    return out
+def _ratio(a, b):
+    return a / b if a and b else None
+
+
+def _fmt(x, spec, width):
+    return format(x, spec) if x is not None else "-".rjust(width)
 
 
 def print_table(run):
@@ -514,48 +526,36 @@ def print_table(run):
             if not r["ok"]:
                 print(f"  FAIL {r['check']} {r['variant']} {r['coupling']} {r['dtype']} "
                       f"N={r['shape']['N']}: {r['max_error']:.2e}")
+    if res["meta"].get("parallel_best_tiling"):
+        print(f"parallel tiling (sweep's fastest): {res['meta']['parallel_best_tiling']}")
     t = {(r["N"], r["L"], r["mode"], r["impl"]): r["ms"] for r in res["timings"]}
     for mode in ("fwd", "fwdbwd"):
         print(f"\n{mode} ms (Bt={res['meta']['Bt']}, M={res['meta']['M']}, "
-              f"D={res['meta']['D']}); ratio = chunked-mean / chunked-none (target <= 1.2), "
-              "faster = chunked or seq for 'mean' where both ran, vs torch = speed-up of "
-              "chunked-mean over the PyTorch path, vs mamba = chunked-mean / mamba-ssm-x3")
-        print(f"{'N':>4s} {'L':>5s} " + " ".join(f"{i:>12s}" for i in IMPLS)
-              + f" {'ratio':>6s} {'faster':>8s} {'vs torch':>8s} {'vs mamba':>8s}")
+              f"D={res['meta']['D']}); coupled/none = mean / none of the same variant (target "
+              "<= 1.2), par speed-up = chunked / parallel for 'mean', vs mamba = best 'mean' / "
+              "mamba-ssm-x3")
+        print(f"{'N':>4s} {'L':>5s} " + " ".join(f"{i:>13s}" for i in IMPLS)
+              + f" {'par c/n':>7s} {'chk c/n':>7s} {'par x':>6s} {'vs mamba':>8s}")
         for N in res["meta"]["Ns"]:
             for L in res["meta"]["Ls"]:
-                v = dict(zip(IMPLS, [t.get((N, L, mode, i)) for i in IMPLS], strict=True))
-                cells = " ".join(f"{x:12.3f}" if x is not None else f"{'-':>12s}"
-                                 for x in v.values())
-                cm = v["chunked-mean"]
-                ratio = cm / v["chunked-none"] if cm and v["chunked-none"] else None
-                faster = (("chunked" if cm <= v["seq-mean"] else "seq")
-                          + f" {max(cm, v['seq-mean']) / min(cm, v['seq-mean']):.0f}x"
-                          if cm and v["seq-mean"] else None)
-                speed = v["torch-mean"] / cm if cm and v["torch-mean"] else None
-                vs_mamba = cm / v["mamba-ssm-x3"] if cm and v["mamba-ssm-x3"] else None
+                v = {i: t.get((N, L, mode, i)) for i in IMPLS}
+                if not any(v.values()):
+                    continue
+                cells = " ".join(_fmt(x, "13.3f", 13) for x in v.values())
+                best_mean = min((x for x in (v["parallel-mean"], v["chunked-mean"]) if x),
+                                default=None)
                 print(f"{N:4d} {L:5d} {cells} "
-                      + (f"{ratio:6.2f}" if ratio else f"{'-':>6s}") + " "
-                      + (f"{faster:>8s}" if faster else f"{'-':>8s}") + " "
-                      + (f"{speed:7.1f}x" if speed else f"{'-':>8s}") + " "
-                      + (f"{vs_mamba:8.2f}" if vs_mamba else f"{'-':>8s}"))
-    rec = recommend(t)
-    res["recommendation"] = {k: v[0] for k, v in rec.items()}
-    parts = []
-    for kind, (best, tot, n) in rec.items():
-        if best is None:
-            parts.append(f"{kind}: no comparison measured")
-        else:
-            parts.append(f"{kind}: {best} (chunked {tot['chunked']:.1f} ms vs seq "
-                         f"{tot['seq']:.1f} ms over {n} rows)")
-    print("\nrecommendation for variant='auto': " + "; ".join(parts)
-          + "; general W: seq (the only variant)")
+                      f"{_fmt(_ratio(v['parallel-mean'], v['parallel-none']), '7.2f', 7)} "
+                      f"{_fmt(_ratio(v['chunked-mean'], v['chunked-none']), '7.2f', 7)} "
+                      f"{_fmt(_ratio(v['chunked-mean'], v['parallel-mean']), '6.2f', 6)} "
+                      f"{_fmt(_ratio(best_mean, v['mamba-ssm-x3']), '8.2f', 8)}")
     if res["sweep"]:
-        print("\nsweep (chunked, 'mean'): " + "; ".join(
-            f"{r['mode']} {json.dumps(r['config'])} {r['ms']:.3f} ms" for r in res["sweep"]))
+        print(f"\nsweep (parallel forward, L={res['meta']['Ls'][1]}): " + "; ".join(
+            f"N={r['N']} {r['coupling']} {json.dumps(r['config'])} {r['ms']:.3f} ms"
+            for r in res["sweep"]))
     if res["skipped"]:
         print(f"\nskipped {len(res['skipped'])} measurements: "
-              + "; ".join(sorted({s['why'].split(' ~')[0] for s in res['skipped']})))
+              + "; ".join(sorted({s['why'].split(' ~')[0][:80] for s in res['skipped']})))
     if res["errors"]:
         print(f"\nERRORS in sections: {[e['section'] for e in res['errors']]}")
 

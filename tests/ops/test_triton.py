@@ -35,6 +35,9 @@ GRAD_NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias", "initial_stat
 # states in registers. The chunked kernel: chunks of 4 steps under autograd (8 without).
 TINY = dict(variant="seq", chunk=8, sub_chunk=4, block_d=2, block_d_bwd=2)
 CHUNKED = dict(variant="chunked", time_block=8, time_block_bwd=4, block_d=2, block_d_bwd=2)
+# The parallel variant: its own forward without autograd (blocks of 8 steps, 2 channels per
+# program); under autograd the chunked kernels with the tiling of CHUNKED.
+PARALLEL = {**CHUNKED, "variant": "parallel"}
 
 
 def _matrix(M, dtype, seed=1):
@@ -228,8 +231,76 @@ class TestInterpreter:
         _compare(kw, "mean", base=CHUNKED)
 
 
+    @pytest.mark.parametrize("coupling", CHUNKED_COUPLINGS, ids=str)
+    @pytest.mark.parametrize(
+        "M,Bt,D,N,L,tiling",
+        [
+            (3, 2, 3, 5, 21, {}),  # 3 blocks, the last partial; 2 channel programs, one padded;
+            # M = 3 padded to 4, N = 5
+            (1, 1, 3, 4, 1, {}),  # one modality, L = 1 (the streaming step)
+            (4, 1, 2, 3, 16, dict(time_block=16, block_d=1)),  # one whole block; no padding in M
+            (2, 1, 4, 4, 10, dict(time_block=4, block_d=4)),  # 3 blocks; one channel program
+        ],
+        ids=["M3-L21", "M1-L1", "M4-L16-oneblock", "M2-L10-T4"],
+    )
+    def test_parallel_forward_matches_reference(self, coupling, M, Bt, D, N, L, tiling,
+                                                make_scan_inputs, monkeypatch):
+        """The time-parallel forward kernel (no autograd): y and last state, every optional
+        input, against the reference; a spy makes sure it is that kernel that ran."""
+        kw = make_scan_inputs(M=M, Bt=Bt, D=D, N=N, L=L, with_state=True, requires_grad=False)
+        launches = []
+        real = _triton._par_fwd_launch
+        monkeypatch.setattr(_triton, "_par_fwd_launch",
+                            lambda *a: launches.append(1) or real(*a))
+        fn = _triton_fn(**{**PARALLEL, **tiling})
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # "sum" is not contractive
+            y, h = fn(**kw, coupling=coupling, delta_softplus=True, return_last_state=True)
+            y_r, h_r = coupled_selective_scan_ref(**kw, coupling=coupling, delta_softplus=True,
+                                                  return_last_state=True)
+        assert launches == [1]
+        assert _rel(y, y_r) < TOL[torch.float64] and _rel(h, h_r) < TOL[torch.float64]
+
+    @pytest.mark.parametrize(
+        "with_D,with_z,with_bias,with_state,softplus",
+        OPTIONAL,
+        ids=["".join("DZbSs"[i] if f else "-" for i, f in enumerate(o)) for o in OPTIONAL],
+    )
+    def test_parallel_optional_arguments(self, with_D, with_z, with_bias, with_state, softplus,
+                                         make_scan_inputs):
+        kw = make_scan_inputs(M=3, Bt=1, D=3, N=4, L=13, with_D=with_D, with_z=with_z,
+                              with_bias=with_bias, with_state=with_state, requires_grad=False)
+        if not softplus:
+            kw["delta"] = kw["delta"].abs().add(0.05)
+        for coupling in ("mean", "none"):
+            y, h = _triton_fn(**PARALLEL)(**kw, coupling=coupling, delta_softplus=softplus,
+                                          return_last_state=True)
+            y_r, h_r = coupled_selective_scan_ref(**kw, coupling=coupling,
+                                                  delta_softplus=softplus, return_last_state=True)
+            assert _rel(y, y_r) < TOL[torch.float64] and _rel(h, h_r) < TOL[torch.float64]
+
+    @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+    def test_parallel_forward_fp32_and_bf16(self, dtype, make_scan_inputs):
+        """fp32 computed in fp32; bf16 computed in fp32, y rounded once to bf16."""
+        kw = make_scan_inputs(M=3, Bt=1, D=4, N=4, L=19, dtype=dtype, with_state=True,
+                              requires_grad=False)
+        y, h = _triton_fn(**PARALLEL)(**kw, coupling="mean", delta_softplus=True,
+                                      return_last_state=True)
+        y_r, h_r = coupled_selective_scan_ref(**{k: v.float() for k, v in kw.items()},
+                                              coupling="mean", delta_softplus=True,
+                                              return_last_state=True)
+        assert y.dtype == dtype and h.dtype == torch.float32
+        tol = TOL[torch.float32] if dtype == torch.float32 else 4 * torch.finfo(dtype).eps
+        assert _rel(y, y_r) < tol and _rel(h, h_r) < TOL[torch.float32]
+
+    def test_parallel_under_autograd_runs_chunked(self, make_scan_inputs):
+        """Gradients through variant="parallel" (the chunked kernels) match the reference."""
+        kw = make_scan_inputs(M=3, Bt=1, D=3, N=5, L=11, with_state=True)
+        _compare(kw, "mean", base=PARALLEL)
+
     @pytest.mark.parametrize("coupling,tiling", [(0.5, TINY), ("mean", CHUNKED),
-                                                 ("none", CHUNKED)], ids=str)
+                                                 ("none", CHUNKED), ("mean", PARALLEL),
+                                                 ("none", PARALLEL)], ids=str)
     def test_piecewise_equals_whole(self, coupling, tiling, make_scan_inputs):
         kw = make_scan_inputs(M=2, Bt=1, D=3, N=4, L=14, with_state=True, requires_grad=False)
         fn = _triton_fn(**tiling)
@@ -395,8 +466,8 @@ def test_kernels_compile_for_sm90(tmp_path):
 
     Sequential kernels: the general coupling with every optional input and dW is the largest
     specialisation. Chunked kernels: rank one (all M modalities in a program) and "none" with
-    every optional input at the default tiling for N = 64 and N = 16, checked for register
-    spills with ptxas where it runs here.
+    every optional input at the default tiling for N = 64 and N = 16, and the parallel forward
+    for both, checked for register spills with ptxas where it runs here.
     """
     k = _triton._kernels()[0]
     M, Bt, Dd, L = 3, 2, 256, 40
@@ -428,13 +499,19 @@ def test_kernels_compile_for_sm90(tmp_path):
         args, meta = _triton._chunk_bwd_launch(u, u, A, B, B, p, u, p, e(1, 1), u, h, grads,
                                                ccfg, True)
         compiled.append(_triton._compile_for(k._bwd_chunk_kernel, args, meta, 4))
+        # The parallel forward at its default tiling.
+        pcfg = _triton._ChunkConfig(
+            n_mod=n_mod, weight=1.0, softplus=True, grad=False, t_fwd=8, t_bwd=4, block_d_fwd=1,
+            block_d_bwd=1, num_warps=4, parallel=True)
+        args, meta = _triton._par_fwd_launch(u, u, A, B, B, p, u, p, h, u, h, h, pcfg)
+        compiled.append(_triton._compile_for(k._fwd_par_kernel, args, meta, 4))
     for i, c in enumerate(compiled):
         assert ".target sm_90" in c.asm["ptx"]
         assert c.asm.get("cubin")
-        if i >= 2:  # the chunked kernels must fit in registers
+        if i >= 2:  # the chunked and parallel kernels must fit in registers
             usage = _ptxas_usage(c.asm["ptx"], tmp_path)
             if usage is not None:
-                assert usage[1] == 0, f"chunked kernel {i}: {usage[1]} bytes of register spills"
+                assert usage[1] == 0, f"kernel {i}: {usage[1]} bytes of register spills"
 
 
 # --- on a GPU ------------------------------------------------------------------------------
@@ -473,3 +550,18 @@ def test_gpu_bf16(make_scan_inputs):
     y32 = coupled_selective_scan_ref(**kw32, delta_softplus=True)
     assert y.dtype == torch.bfloat16
     assert _rel(y, y32) < 4 * torch.finfo(torch.bfloat16).eps
+
+
+@pytest.mark.gpu
+@gpu
+@pytest.mark.parametrize("coupling", ["none", "mean"])
+@pytest.mark.parametrize("variant", ["parallel", "chunked"])
+def test_gpu_forward_without_autograd(coupling, variant, make_scan_inputs):
+    # 700 steps: several blocks of the parallel kernel at its default tiling.
+    kw = make_scan_inputs(M=3, Bt=2, D=40, N=16, L=700, dtype=torch.float32, device="cuda",
+                          with_state=True, requires_grad=False)
+    y_r, h_r = coupled_selective_scan_ref(**kw, delta_softplus=True, return_last_state=True,
+                                          coupling=coupling)
+    y, h = _triton.coupled_selective_scan_triton(**kw, delta_softplus=True, coupling=coupling,
+                                                 return_last_state=True, variant=variant)
+    assert _rel(y, y_r) < 1e-4 and _rel(h, h_r) < 1e-4

@@ -4,7 +4,8 @@
 
 Shapes: M modalities, Bt batch, D channels, N state size, L length. The kernels live in
 ``_triton_kernels.py``: a chunked design (associative scan over chunks of time; couplings "none",
-"mean", "sum") and a sequential one (every coupling); ``variant`` picks. Their design (grid,
+"mean", "sum"), a time-parallel forward for the same couplings (no autograd) and a sequential
+design (every coupling); ``variant`` picks. Their design (grid,
 registers, checkpoints, reverse pass, reductions) is in docs/triton_kernel.md.
 
 Devices. CUDA tensors run the compiled kernels. With ``TRITON_INTERPRET=1`` set before triton is
@@ -39,8 +40,12 @@ BWD_TILE = 256
 CHUNK_T_FWD = 8
 CHUNK_T_BWD = 4
 CHUNK_ND = 128  # NP * BD with 4 warps: one (n, d) pair per thread
-VARIANTS = ("auto", "seq", "chunked")
-# Overrides variant="auto" process-wide (benchmarks, A/B runs): "seq" or "chunked".
+# Parallel variant's forward without autograd: TT steps per block spread over the threads, BD
+# channels per program. Guesses until the GPU sweep has run.
+PAR_T = 256
+PAR_BD = 1
+VARIANTS = ("auto", "seq", "chunked", "parallel")
+# Overrides variant="auto" process-wide (benchmarks, A/B runs): "seq", "chunked" or "parallel".
 VARIANT_ENV = "COUPLED_MAMBA_TRITON_VARIANT"
 
 
@@ -182,6 +187,27 @@ class _ChunkConfig:
     block_d_fwd: int
     block_d_bwd: int
     num_warps: int
+    parallel: bool = False  # the time-parallel kernel for a forward that saves nothing
+    par_t: int = PAR_T
+    par_bd: int = PAR_BD
+
+
+def _par_fwd_launch(u, delta, A, B, C, D, z, delta_bias, h0, y, last, carry, cfg):
+    """Positional arguments and constexpr keywords of _fwd_par_kernel."""
+    M, Bt, Dd, L = u.shape
+    N = A.shape[-1]
+
+    def opt(x):
+        return u if x is None else x
+
+    args = [u, delta, A, B, C, opt(D), opt(z), opt(delta_bias), opt(h0), y, last, carry,
+            Bt, Dd, N, L, cfg.weight]
+    meta = dict(
+        M=M, NM=cfg.n_mod, NMP=_pow2(cfg.n_mod), BD=cfg.par_bd, TT=cfg.par_t,
+        SOFTPLUS=cfg.softplus, HAS_D=D is not None, HAS_Z=z is not None,
+        HAS_BIAS=delta_bias is not None, HAS_H0=h0 is not None, CT=_tl_dtype(last.dtype),
+    )
+    return args, meta
 
 
 def _chunk_fwd_launch(u, delta, A, B, C, D, z, delta_bias, h0, y, last, ckpt, cfg, save):
@@ -253,6 +279,14 @@ class _CoupledScanTritonChunked(torch.autograd.Function):
         n_chunks = -(-L // cfg.t_bwd)
         y = torch.empty_like(u)
         last = torch.empty(M, Bt, Dd, N, device=u.device, dtype=ct)
+        if cfg.parallel and not save:
+            carry = torch.empty(chains, Bt, Dd, N, device=u.device, dtype=ct)
+            args, meta = _par_fwd_launch(u, delta, A, B, C, D, z, delta_bias, h0, y, last, carry,
+                                         cfg)
+            grid = (triton_cdiv(Dd, cfg.par_bd), Bt, chains)
+            _kernels()[0]._fwd_par_kernel[grid](*args, **meta, **_launch_options(cfg))
+            ctx.cfg = cfg
+            return y, last
         # One state per chain and chunk: 1 / M of the coupled states for rank one.
         ckpt = torch.empty(n_chunks if save else 1, chains, Bt, Dd, N, device=u.device, dtype=ct)
         args, meta = _chunk_fwd_launch(u, delta, A, B, C, D, z, delta_bias, h0, y, last, ckpt,
@@ -405,8 +439,12 @@ def coupled_selective_scan_triton(
     - ``"seq"``: every coupling, general (M, M) W included; one step at a time per program.
       ``chunk`` steps between stored state checkpoints (memory M Bt D N L / chunk),
       ``sub_chunk`` states the backward keeps in registers (divides ``chunk``).
+    - ``"parallel"``: the couplings of "chunked". Its forward without autograd is a
+      time-parallel kernel (``time_block`` steps per block spread over the threads, the state
+      index looped, ``block_d`` channels per program, nothing stored for a backward); under
+      autograd it runs the chunked kernels at their default forward tiling.
     - ``"auto"`` (default): "chunked" where it applies, else "seq"; the environment variable
-      COUPLED_MAMBA_TRITON_VARIANT ("seq" or "chunked") overrides it.
+      COUPLED_MAMBA_TRITON_VARIANT ("seq", "chunked" or "parallel") overrides it.
 
     ``block_d`` / ``block_d_bwd`` are the channels per program, ``num_warps`` the warps per
     program. All tuning values are powers of two.
@@ -422,13 +460,13 @@ def coupled_selective_scan_triton(
     if variant == "auto":
         variant = os.environ.get(VARIANT_ENV, "") or "chunked"
         if variant not in VARIANTS[1:]:
-            raise ValueError(f"{VARIANT_ENV}: expected 'seq' or 'chunked', got {variant!r}")
+            raise ValueError(f"{VARIANT_ENV}: expected one of {VARIANTS[1:]}, got {variant!r}")
         if cp.kind == "general":
             variant = "seq"
-    if variant == "chunked":
+    if variant in ("chunked", "parallel"):
         return _chunked(u, delta, A, B, C, D, z, delta_bias, delta_softplus, cp,
                         initial_state, return_last_state, block_d, block_d_bwd, num_warps,
-                        time_block, time_block_bwd)
+                        time_block, time_block_bwd, parallel=variant == "parallel")
     for name, value in (("chunk", chunk), ("sub_chunk", sub_chunk)):
         _check_pow2(name, value)
     if chunk % sub_chunk:
@@ -467,16 +505,21 @@ def coupled_selective_scan_triton(
 
 
 def _chunked(u, delta, A, B, C, D, z, delta_bias, delta_softplus, cp, initial_state,
-             return_last_state, block_d, block_d_bwd, num_warps, time_block, time_block_bwd):
-    """coupled_selective_scan_triton's chunked variant (a resolved coupling ``cp``)."""
+             return_last_state, block_d, block_d_bwd, num_warps, time_block, time_block_bwd,
+             parallel=False):
+    """coupled_selective_scan_triton's chunked and parallel variants (a resolved coupling
+    ``cp``). The parallel one differs only in its forward without autograd; under autograd both
+    run the chunked forward (it stores the checkpoints) and backward. Its ``time_block`` and
+    ``block_d`` set that forward's tiling; the chunked forward under autograd keeps its own."""
     if cp.kind == "general":
-        raise ValueError("variant='chunked' supports the couplings 'none', 'mean', 'sum' (rank "
+        name = "parallel" if parallel else "chunked"
+        raise ValueError(f"variant={name!r} supports the couplings 'none', 'mean', 'sum' (rank "
                          "one or diagonal); a general (M, M) coupling needs variant='seq'")
     M, Bt, Dd, L = u.shape
     NP = _pow2(A.shape[-1])
-    t_f = time_block or _chunk_t_fwd(A.shape[-1])
+    t_f = time_block or (PAR_T if parallel else _chunk_t_fwd(A.shape[-1]))
     t_b = time_block_bwd or CHUNK_T_BWD
-    bd_f = block_d or _chunk_block_d(Dd, NP, num_warps)
+    bd_f = block_d or (PAR_BD if parallel else _chunk_block_d(Dd, NP, num_warps))
     bd_b = block_d_bwd or _chunk_block_d(Dd, NP, num_warps)
     for name, value in (("time_block", t_f), ("time_block_bwd", t_b), ("block_d", bd_f),
                         ("block_d_bwd", bd_b)):
@@ -488,10 +531,15 @@ def _chunked(u, delta, A, B, C, D, z, delta_bias, delta_softplus, cp, initial_st
             "Triton's CPU interpreter)"
         )
     rank1 = cp.kind == "rank1"
+    if parallel:  # the chunked forward under autograd keeps its default tiling
+        par = dict(parallel=True, par_t=t_f, par_bd=bd_f)
+        t_f, bd_f = _chunk_t_fwd(A.shape[-1]), _chunk_block_d(Dd, NP, num_warps)
+    else:
+        par = {}
     cfg = _ChunkConfig(
         n_mod=M if rank1 else 1, weight=float(cp.weight) if rank1 else 1.0,
         softplus=bool(delta_softplus), grad=_grad_wanted(), t_fwd=t_f, t_bwd=t_b, block_d_fwd=bd_f,
-        block_d_bwd=bd_b, num_warps=num_warps,
+        block_d_bwd=bd_b, num_warps=num_warps, **par,
     )
 
     def c(x):
