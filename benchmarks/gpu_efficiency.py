@@ -36,7 +36,8 @@ def main(argv=None) -> int:
                    help="tiny CPU run through every code path (for checking the script)")
     p.add_argument("--batch", type=int, default=32, help="batch size B (default %(default)s)")
     p.add_argument("--lengths", default="250,1000,4000", help="inference lengths")
-    p.add_argument("--train-lengths", default="1000", help="training-step lengths")
+    p.add_argument("--train-lengths", default="1000",
+                   help="training-step lengths ('' for none)")
     p.add_argument("--max-seconds", type=float, default=120.0,
                    help="stop starting new points after this many seconds (default %(default)s)")
     args = p.parse_args(argv)
@@ -67,7 +68,7 @@ def main(argv=None) -> int:
         model = dict(batch=args.batch, input_dims=[768, 74, 35], d_model=128, d_state=64,
                      n_layers=3, warmup=3, repeats=10)
         lengths = [int(x) for x in args.lengths.split(",")]
-        train_lengths = [int(x) for x in args.train_lengths.split(",")]
+        train_lengths = [int(x) for x in args.train_lengths.split(",") if x]
 
     fn, reason = selective_scan._triton_backend()
     auto_impl = "triton" if fn is not None else "torch"
@@ -87,8 +88,9 @@ def main(argv=None) -> int:
     infer_variants = variants[:1] + ["coupled_mamba_whole"] + variants[1:]
     infer = run_efficiency(EfficiencySettings(lengths=lengths, modes=["infer"],
                                               variants=infer_variants, **common))
-    train = run_efficiency(EfficiencySettings(lengths=train_lengths, modes=["train"],
-                                              variants=variants, **common))
+    train = (run_efficiency(EfficiencySettings(lengths=train_lengths, modes=["train"],
+                                               variants=variants, **common))
+             if train_lengths else {"rows": []})
     result = dict(infer, rows=infer["rows"] + train["rows"])
     add_ratios(result["rows"])
     result["targets"] = check_targets(result["rows"], device)

@@ -317,6 +317,7 @@ def main(argv=None):
     ap.add_argument("--budget-s", type=float, default=120.0,
                     help="stop starting new measurements after this many seconds")
     ap.add_argument("--no-sweep", action="store_true")
+    ap.add_argument("--no-correctness", action="store_true")
     args = ap.parse_args(argv)
     torch.manual_seed(0)
     warnings.simplefilter("ignore", RuntimeWarning)  # "sum" coupling warning, torch fallbacks
@@ -385,7 +386,8 @@ def main(argv=None):
         bad = [r for r in res if not r["ok"]]
         print(f"  correctness: {len(res) - len(bad)} passed, {len(bad)} failed")
 
-    run.section("correctness vs float64 reference", correctness)
+    if not args.no_correctness:
+        run.section("correctness vs float64 reference", correctness)
 
     # 2. tiling sweep of the parallel forward ----------------------------------------------
     # The fastest tiling per (N, coupling) is what section 3 times as "parallel-*".
@@ -393,12 +395,19 @@ def main(argv=None):
 
     def sweep():
         L = Ls[1]
-        configs = ([dict(time_block=4), dict(time_block=8, block_d=2)] if tiny else [
-            dict(time_block=128), dict(time_block=256), dict(time_block=512),
-            dict(time_block=512, num_warps=8), dict(time_block=1024, num_warps=8),
-            dict(time_block=256, block_d=2), dict(time_block=256, block_d=2, num_warps=8),
-            dict(time_block=64, block_d=2), dict(time_block=32, block_d=4),
-            dict(time_block=64, block_d=4, num_warps=8), dict(time_block=128, num_warps=2),
+        # Blocks of up to time_block steps, steps_per_thread per thread, num_warps warps (fewer
+        # where the block is too short to fill them).
+        configs = ([dict(time_block=4), dict(time_block=8, block_d=2, steps_per_thread=2)]
+                   if tiny else [
+            dict(time_block=512, steps_per_thread=4), dict(time_block=256, steps_per_thread=2),
+            dict(time_block=1024, steps_per_thread=8), dict(time_block=128, steps_per_thread=1),
+            dict(time_block=1024, steps_per_thread=4, num_warps=8),
+            dict(time_block=512, steps_per_thread=2, num_warps=8),
+            dict(time_block=256, steps_per_thread=4, num_warps=2),
+            dict(time_block=512, steps_per_thread=4, block_d=2),
+            dict(time_block=256, steps_per_thread=2, block_d=2),
+            dict(time_block=2048, steps_per_thread=16),
+            dict(time_block=128, steps_per_thread=4, num_warps=1),
         ])
         for N in Ns[::-1]:
             kw = make_inputs(M, Bt_t, D, N, L, torch.float32, device)

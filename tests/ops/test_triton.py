@@ -503,8 +503,8 @@ def test_kernels_compile_for_sm90(tmp_path):
         pcfg = _triton._ChunkConfig(
             n_mod=n_mod, weight=1.0, softplus=True, grad=False, t_fwd=8, t_bwd=4, block_d_fwd=1,
             block_d_bwd=1, num_warps=4, parallel=True)
-        args, meta = _triton._par_fwd_launch(u, u, A, B, B, p, u, p, h, u, h, h, pcfg)
-        compiled.append(_triton._compile_for(k._fwd_par_kernel, args, meta, 4))
+        args, meta, options = _triton._par_fwd_launch(u, u, A, B, B, p, u, p, h, u, h, h, pcfg)
+        compiled.append(_triton._compile_for(k._fwd_par_kernel, args, meta, options["num_warps"]))
     for i, c in enumerate(compiled):
         assert ".target sm_90" in c.asm["ptx"]
         assert c.asm.get("cubin")
