@@ -38,6 +38,10 @@ def main(argv=None) -> int:
     p.add_argument("--lengths", default="250,1000,4000", help="inference lengths")
     p.add_argument("--train-lengths", default="1000",
                    help="training-step lengths ('' for none)")
+    p.add_argument("--no-torch-scan", action="store_true",
+                   help="leave out the coupled model with the pure-PyTorch scan")
+    p.add_argument("--extra", default="",
+                   help="more inference variants, comma-separated (e.g. coupled_mamba_chunk512)")
     p.add_argument("--max-seconds", type=float, default=120.0,
                    help="stop starting new points after this many seconds (default %(default)s)")
     args = p.parse_args(argv)
@@ -79,13 +83,14 @@ def main(argv=None) -> int:
                                               else f" (Triton unusable: {reason})"))
     variants = ["coupled_mamba", "mamba_fusion", "cross_attention_sdpa",
                 "cross_attention_materialized"]
-    if auto_impl != "torch":
+    if auto_impl != "torch" and not args.no_torch_scan:
         variants.insert(1, "coupled_mamba_torch_scan")
 
     deadline = t0 + args.max_seconds
     common = dict(device=device, isolate=False, deadline=deadline, point_budget_s=45.0, **model)
     # Inference also without chunking (inference_chunk None): chunks relaunch the kernels.
-    infer_variants = variants[:1] + ["coupled_mamba_whole"] + variants[1:]
+    infer_variants = (variants[:1] + ["coupled_mamba_whole"]
+                      + [v for v in args.extra.split(",") if v] + variants[1:])
     infer = run_efficiency(EfficiencySettings(lengths=lengths, modes=["infer"],
                                               variants=infer_variants, **common))
     train = (run_efficiency(EfficiencySettings(lengths=train_lengths, modes=["train"],

@@ -318,6 +318,8 @@ def main(argv=None):
                     help="stop starting new measurements after this many seconds")
     ap.add_argument("--no-sweep", action="store_true")
     ap.add_argument("--no-correctness", action="store_true")
+    ap.add_argument("--no-backward", action="store_true",
+                    help="skip the forward+backward timings")
     args = ap.parse_args(argv)
     torch.manual_seed(0)
     warnings.simplefilter("ignore", RuntimeWarning)  # "sum" coupling warning, torch fallbacks
@@ -375,6 +377,12 @@ def main(argv=None):
                      device, tilings, True, (1e-4, 1e-4), run)
         res += check("full-size", (M, big_Bt, D, Ns[0], big_L), torch.float32,
                      [("mean", "parallel")], device, tilings, True, (1e-4, 1e-4), run)
+        # Short sequences: blocks shorter than the default, fewer warps (L=1 is the streaming
+        # step, 128 the model's inference chunk).
+        for Ls_ in ((1, 5) if tiny else (1, 40, 128)):
+            res += check("short", (M, 2, 8 if tiny else 64, Ns[0], Ls_), torch.float32,
+                         [("mean", "parallel"), ("none", "parallel"), ("sum", "parallel")],
+                         device, dict(tilings, parallel={}), True, (1e-4, 1e-4), run)
         small = (M, 2, 8 if tiny else 64, Ns[0], 10 if tiny else 300)
         res += check("all-modes", small, torch.float32,
                      [("none", "parallel"), ("mean", "parallel"), ("sum", "parallel"),
@@ -394,43 +402,37 @@ def main(argv=None):
     best = {}
 
     def sweep():
-        L = Ls[1]
-        # Blocks of up to time_block steps, steps_per_thread per thread, num_warps warps (fewer
-        # where the block is too short to fill them).
-        configs = ([dict(time_block=4), dict(time_block=8, block_d=2, steps_per_thread=2)]
-                   if tiny else [
-            dict(time_block=512, steps_per_thread=4), dict(time_block=256, steps_per_thread=2),
-            dict(time_block=1024, steps_per_thread=8), dict(time_block=128, steps_per_thread=1),
-            dict(time_block=1024, steps_per_thread=4, num_warps=8),
-            dict(time_block=512, steps_per_thread=2, num_warps=8),
-            dict(time_block=256, steps_per_thread=4, num_warps=2),
-            dict(time_block=512, steps_per_thread=4, block_d=2),
-            dict(time_block=256, steps_per_thread=2, block_d=2),
-            dict(time_block=2048, steps_per_thread=16),
-            dict(time_block=128, steps_per_thread=4, num_warps=1),
-        ])
+        # (L, tiling): block lengths and warps at L=1024; warps for the model's 128-step
+        # inference chunks (block = 128 steps there whatever time_block says).
+        configs = ([(Ls[1], dict(time_block=4)), (Ls[1], dict(time_block=8, block_d=2))] if tiny
+                   else [(1024, dict(time_block=t, **x)) for t in (128, 256, 512)
+                         for x in ({}, dict(block_d=2))]
+                   + [(128, dict(time_block=128, num_warps=w)) for w in (1, 2, 4)])
         for N in Ns[::-1]:
-            kw = make_inputs(M, Bt_t, D, N, L, torch.float32, device)
-            for kind in ("mean", "none"):
-                # N=16 tries the first half only: N=64 is the size the model uses.
-                for cfg in configs if N == Ns[-1] else configs[:6]:
-                    row = dict(N=N, L=L, mode="fwd", coupling=kind, config=cfg)
-                    if run.over_budget():
-                        run.res["skipped"].append({**row, "why": "time budget"})
-                        continue
-                    try:
-                        row.update(measure(triton_fn(cfg, kind, "parallel"), kw, "fwd", device))
-                    except Exception as exc:  # a tiling that does not compile or fit
-                        run.res["skipped"].append({**row, "why": repr(exc)[:200]})
-                        print(f"  N={N:<3d} {kind:4s} {json.dumps(cfg):52s} failed: {exc!r}"[:160])
-                        continue
-                    run.res["sweep"].append(row)
-                    if (N, kind) not in best or row["ms"] < best[(N, kind)][1]:
-                        best[(N, kind)] = (cfg, row["ms"])
-                    print(f"  N={N:<3d} L={L:<5d} {kind:4s} {json.dumps(cfg):52s} "
-                          f"{row['ms']:9.3f} ms (first call {row['first_call_s']:.1f}s)",
-                          flush=True)
-            del kw
+            for L in sorted({L for L, _ in configs}):
+                kw = make_inputs(M, Bt_t, D, N, L, torch.float32, device)
+                for kind in ("mean", "none"):
+                    for cfg in (c for Lc, c in configs if Lc == L):
+                        row = dict(N=N, L=L, mode="fwd", coupling=kind, config=cfg)
+                        if run.over_budget():
+                            run.res["skipped"].append({**row, "why": "time budget"})
+                            continue
+                        try:
+                            row.update(measure(triton_fn(cfg, kind, "parallel"), kw, "fwd",
+                                               device))
+                        except Exception as exc:  # a tiling that does not compile or fit
+                            run.res["skipped"].append({**row, "why": repr(exc)[:200]})
+                            print(f"  N={N:<3d} {kind:4s} {json.dumps(cfg):40s} failed: "
+                                  f"{exc!r}"[:160])
+                            continue
+                        run.res["sweep"].append(row)
+                        if L == Ls[1] and ((N, kind) not in best
+                                           or row["ms"] < best[(N, kind)][1]):
+                            best[(N, kind)] = (cfg, row["ms"])
+                        print(f"  N={N:<3d} L={L:<5d} {kind:4s} {json.dumps(cfg):40s} "
+                              f"{row['ms']:9.3f} ms (first call {row['first_call_s']:.1f}s)",
+                              flush=True)
+                del kw
         run.res["meta"]["parallel_best_tiling"] = {f"N={N},{kind}": v[0]
                                                   for (N, kind), v in best.items()}
 
@@ -452,11 +454,11 @@ def main(argv=None):
                            ("fwd",)),
                           ("chunked-none", triton_fn(tilings["chunked"], "none", "chunked"),
                            ("fwd",))],
-            lambda N, L: [("chunked-mean", triton_fn(tilings["chunked"], "mean", "chunked"),
-                           ("fwdbwd",)),
-                          ("chunked-none", triton_fn(tilings["chunked"], "none", "chunked"),
-                           ("fwdbwd",))],
         ]
+        if not args.no_backward:
+            groups.append(lambda N, L: [
+                ("chunked-mean", triton_fn(tilings["chunked"], "mean", "chunked"), ("fwdbwd",)),
+                ("chunked-none", triton_fn(tilings["chunked"], "none", "chunked"), ("fwdbwd",))])
         if mamba:
             groups.append(lambda N, L: [("mamba-ssm-x3", mamba, None)])
         # The PyTorch path only where it is cheap (its other sizes are in docs/triton_kernel.md).

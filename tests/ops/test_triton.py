@@ -240,8 +240,10 @@ class TestInterpreter:
             (1, 1, 3, 4, 1, {}),  # one modality, L = 1 (the streaming step)
             (4, 1, 2, 3, 16, dict(time_block=16, block_d=1)),  # one whole block; no padding in M
             (2, 1, 4, 4, 10, dict(time_block=4, block_d=4)),  # 3 blocks; one channel program
+            (3, 1, 3, 4, 40, dict(time_block=None, block_d=None)),  # default tiling: one
+            # block of 64 steps (shortened from the default to follow L)
         ],
-        ids=["M3-L21", "M1-L1", "M4-L16-oneblock", "M2-L10-T4"],
+        ids=["M3-L21", "M1-L1", "M4-L16-oneblock", "M2-L10-T4", "M3-L40-default"],
     )
     def test_parallel_forward_matches_reference(self, coupling, M, Bt, D, N, L, tiling,
                                                 make_scan_inputs, monkeypatch):
@@ -292,6 +294,20 @@ class TestInterpreter:
         assert y.dtype == dtype and h.dtype == torch.float32
         tol = TOL[torch.float32] if dtype == torch.float32 else 4 * torch.finfo(dtype).eps
         assert _rel(y, y_r) < tol and _rel(h, h_r) < TOL[torch.float32]
+
+    def test_auto_picks_parallel_forward_only_without_autograd(self, make_scan_inputs,
+                                                                monkeypatch):
+        kw = make_scan_inputs(M=2, Bt=1, D=3, N=4, L=6)
+        launches = []
+        real = _triton._par_fwd_launch
+        monkeypatch.setattr(_triton, "_par_fwd_launch",
+                            lambda *a: launches.append(1) or real(*a))
+        with torch.no_grad():
+            _triton.coupled_selective_scan_triton(**kw)
+        assert launches == [1]
+        _triton.coupled_selective_scan_triton(**kw).sum().backward()  # chunked: saves states
+        _triton.coupled_selective_scan_triton(**kw, coupling=_matrix(2, torch.float64))  # seq
+        assert launches == [1]
 
     def test_parallel_under_autograd_runs_chunked(self, make_scan_inputs):
         """Gradients through variant="parallel" (the chunked kernels) match the reference."""
@@ -431,6 +447,16 @@ def test_chunked_rejects_general_coupling(make_scan_inputs):
     kw = make_scan_inputs(M=2, Bt=1, D=3, N=4, L=5, requires_grad=False)
     with pytest.raises(ValueError, match="variant='seq'"):
         _triton.coupled_selective_scan_triton(**kw, coupling=0.3, variant="chunked")
+
+
+def test_parallel_blocks_follow_short_sequences():
+    """Blocks of the parallel forward: the default length unless L is shorter, then the power of
+    two at or above L (16 at least), with no more warps than 32-step groups in the block."""
+    assert _triton._par_tiling(1000, 256, 4) == (256, 4)
+    assert _triton._par_tiling(128, 512, 4) == (128, 4)
+    assert _triton._par_tiling(40, 256, 4) == (64, 2)
+    assert _triton._par_tiling(1, 512, 4) == (16, 1)
+    assert _triton._par_tiling(5000, 512, 8) == (512, 8)
 
 
 def test_variant_environment_override(monkeypatch, make_scan_inputs):

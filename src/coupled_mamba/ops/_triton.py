@@ -40,10 +40,10 @@ BWD_TILE = 256
 CHUNK_T_FWD = 8
 CHUNK_T_BWD = 4
 CHUNK_ND = 128  # NP * BD with 4 warps: one (n, d) pair per thread
-# Parallel variant's forward without autograd: blocks of up to PAR_T steps, PAR_K consecutive
-# steps per thread (fewer where L is short), BD channels per program. Guesses until the GPU sweep.
-PAR_T = 512
-PAR_K = 4
+# Parallel variant's forward without autograd: blocks of up to PAR_T[rank one?] steps spread over
+# the threads (shorter for short sequences), BD channels per program. The fastest of the H100
+# sweep at N in {16, 64}, L = 1024 (docs/triton_kernel.md).
+PAR_T = {True: 256, False: 512}
 PAR_BD = 1
 VARIANTS = ("auto", "seq", "chunked", "parallel")
 # Overrides variant="auto" process-wide (benchmarks, A/B runs): "seq", "chunked" or "parallel".
@@ -189,28 +189,26 @@ class _ChunkConfig:
     block_d_bwd: int
     num_warps: int
     parallel: bool = False  # the time-parallel kernel for a forward that saves nothing
-    par_t: int = PAR_T
-    par_k: int = PAR_K
+    par_t: int = 256
     par_bd: int = PAR_BD
 
 
-def _par_tiling(L: int, time_block: int, k: int, num_warps: int) -> tuple[int, int, int]:
-    """(K, S, warps) of the parallel forward: blocks of K * S steps, K per thread, S threads.
+def _par_tiling(L: int, time_block: int, num_warps: int) -> tuple[int, int]:
+    """(steps per block, warps) of the parallel forward.
 
-    A block holds up to ``time_block`` steps but not many more than L (short sequences, the
-    model's inference chunks); S threads fill ``num_warps`` warps where the block is long enough
-    to give each ``k`` steps, fewer warps otherwise; K = the rest (>= 1).
+    A block holds up to ``time_block`` steps but not many more than L (a fixed block would be
+    mostly padding for short sequences and the model's inference chunks); fewer warps than
+    ``num_warps`` where the block has fewer steps than threads.
     """
     tt = min(time_block, max(16, _pow2(L)))
-    S = max(1, min(32 * num_warps, max(32, tt // k), tt))
-    return tt // S, S, max(1, S // 32)
+    return tt, max(1, min(num_warps, tt // 32))
 
 
 def _par_fwd_launch(u, delta, A, B, C, D, z, delta_bias, h0, y, last, carry, cfg):
     """Positional arguments, constexpr keywords and launch options of _fwd_par_kernel."""
     M, Bt, Dd, L = u.shape
     N = A.shape[-1]
-    K, S, warps = _par_tiling(L, cfg.par_t, cfg.par_k, cfg.num_warps)
+    tt, warps = _par_tiling(L, cfg.par_t, cfg.num_warps)
 
     def opt(x):
         return u if x is None else x
@@ -218,7 +216,7 @@ def _par_fwd_launch(u, delta, A, B, C, D, z, delta_bias, h0, y, last, carry, cfg
     args = [u, delta, A, B, C, opt(D), opt(z), opt(delta_bias), opt(h0), y, last, carry,
             Bt, Dd, N, L, cfg.weight]
     meta = dict(
-        M=M, NM=cfg.n_mod, NMP=_pow2(cfg.n_mod), BD=cfg.par_bd, K=K, S=S,
+        M=M, NM=cfg.n_mod, NMP=_pow2(cfg.n_mod), BD=cfg.par_bd, TT=tt,
         SOFTPLUS=cfg.softplus, HAS_D=D is not None, HAS_Z=z is not None,
         HAS_BIAS=delta_bias is not None, HAS_H0=h0 is not None,
         IDX64=max(u.numel(), B.numel(), last.numel()) >= 2**31, CT=_tl_dtype(last.dtype),
@@ -438,7 +436,6 @@ def coupled_selective_scan_triton(
     variant: str = "auto",
     time_block: int | None = None,
     time_block_bwd: int | None = None,
-    steps_per_thread: int | None = None,
 ):
     """Coupled selective scan with fused Triton kernels, forward and backward.
 
@@ -457,11 +454,11 @@ def coupled_selective_scan_triton(
       ``chunk`` steps between stored state checkpoints (memory M Bt D N L / chunk),
       ``sub_chunk`` states the backward keeps in registers (divides ``chunk``).
     - ``"parallel"``: the couplings of "chunked". Its forward without autograd is a
-      time-parallel kernel (blocks of up to ``time_block`` steps, ``steps_per_thread``
-      consecutive steps per thread, the state index looped, ``block_d`` channels per program,
-      nothing stored for a backward); under autograd it runs the chunked kernels at their
-      default forward tiling.
-    - ``"auto"`` (default): "chunked" where it applies, else "seq"; the environment variable
+      time-parallel kernel (blocks of up to ``time_block`` steps spread over the threads, the
+      state index looped, ``block_d`` channels per program, nothing stored for a backward);
+      under autograd it runs the chunked kernels at their default forward tiling.
+    - ``"auto"`` (default): "parallel" where it applies (so the parallel forward without
+      autograd, the chunked kernels with it), else "seq"; the environment variable
       COUPLED_MAMBA_TRITON_VARIANT ("seq", "chunked" or "parallel") overrides it.
 
     ``block_d`` / ``block_d_bwd`` are the channels per program, ``num_warps`` the warps per
@@ -476,7 +473,7 @@ def coupled_selective_scan_triton(
     M = u.shape[0]
     cp = resolve_coupling(coupling, M)
     if variant == "auto":
-        variant = os.environ.get(VARIANT_ENV, "") or "chunked"
+        variant = os.environ.get(VARIANT_ENV, "") or "parallel"
         if variant not in VARIANTS[1:]:
             raise ValueError(f"{VARIANT_ENV}: expected one of {VARIANTS[1:]}, got {variant!r}")
         if cp.kind == "general":
@@ -484,8 +481,7 @@ def coupled_selective_scan_triton(
     if variant in ("chunked", "parallel"):
         return _chunked(u, delta, A, B, C, D, z, delta_bias, delta_softplus, cp,
                         initial_state, return_last_state, block_d, block_d_bwd, num_warps,
-                        time_block, time_block_bwd, steps_per_thread,
-                        parallel=variant == "parallel")
+                        time_block, time_block_bwd, parallel=variant == "parallel")
     for name, value in (("chunk", chunk), ("sub_chunk", sub_chunk)):
         _check_pow2(name, value)
     if chunk % sub_chunk:
@@ -525,7 +521,7 @@ def coupled_selective_scan_triton(
 
 def _chunked(u, delta, A, B, C, D, z, delta_bias, delta_softplus, cp, initial_state,
              return_last_state, block_d, block_d_bwd, num_warps, time_block, time_block_bwd,
-             steps_per_thread=None, parallel=False):
+             parallel=False):
     """coupled_selective_scan_triton's chunked and parallel variants (a resolved coupling
     ``cp``). The parallel one differs only in its forward without autograd; under autograd both
     run the chunked forward (it stores the checkpoints) and backward. Its ``time_block`` and
@@ -536,13 +532,13 @@ def _chunked(u, delta, A, B, C, D, z, delta_bias, delta_softplus, cp, initial_st
                          "one or diagonal); a general (M, M) coupling needs variant='seq'")
     M, Bt, Dd, L = u.shape
     NP = _pow2(A.shape[-1])
-    t_f = time_block or (PAR_T if parallel else _chunk_t_fwd(A.shape[-1]))
+    rank1 = cp.kind == "rank1"
+    t_f = time_block or (PAR_T[rank1] if parallel else _chunk_t_fwd(A.shape[-1]))
     t_b = time_block_bwd or CHUNK_T_BWD
     bd_f = block_d or (PAR_BD if parallel else _chunk_block_d(Dd, NP, num_warps))
     bd_b = block_d_bwd or _chunk_block_d(Dd, NP, num_warps)
-    k = steps_per_thread or PAR_K
     for name, value in (("time_block", t_f), ("time_block_bwd", t_b), ("block_d", bd_f),
-                        ("block_d_bwd", bd_b), ("steps_per_thread", k)):
+                        ("block_d_bwd", bd_b)):
         _check_pow2(name, value)
     if u.device.type != "cuda" and not _kernels()[1]:
         raise ValueError(
@@ -550,9 +546,8 @@ def _chunked(u, delta, A, B, C, D, z, delta_bias, delta_softplus, cp, initial_st
             "TRITON_INTERPRET=1 set before triton is first imported, the kernels run in "
             "Triton's CPU interpreter)"
         )
-    rank1 = cp.kind == "rank1"
     if parallel:  # the chunked forward under autograd keeps its default tiling
-        par = dict(parallel=True, par_t=t_f, par_k=k, par_bd=bd_f)
+        par = dict(parallel=True, par_t=t_f, par_bd=bd_f)
         t_f, bd_f = _chunk_t_fwd(A.shape[-1]), _chunk_block_d(Dd, NP, num_warps)
     else:
         par = {}

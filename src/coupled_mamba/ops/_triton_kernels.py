@@ -657,17 +657,14 @@ def _bwd_chunk_kernel(
 # The chunked kernel keeps T steps inside each thread and spreads the (n, d) pairs over the
 # threads, so every chunk ends in a cross-thread reduction over n for y, and a program covers only
 # 128 / NP channels (BD = 2 at N = 64): short, latency-bound chains. Here the layout is turned
-# around, as in mamba-ssm's scan: a block of TT = K * S steps is spread over S threads, K
-# consecutive steps each; the state index n is a loop and y accumulates over n inside each thread.
-# Per (block, n) the chain is solved in two levels: an associative scan along the K steps inside
-# each thread (a sequential loop in registers: tiles are (K, NMP, BD, S) with S the thread count,
-# so the leading axes are per-thread repeats), then one scan across the S threads of their
-# segments' maps. Both use the (F, G) 4-tuples of _affine_pair: G is the map of everything before
-# an element, which gives each thread its segment's incoming state and, for rank one, the
-# exclusive x[t-1] that h_m needs ("none" needs only F inside a thread). The chain state at the
-# end of a block is carried to the next block through a scratch (chains, Bt, D, N) owned by the
-# program; a barrier at the top of each block orders it. NMP: the program's modalities padded to a
-# power of two (masked).
+# around, as in mamba-ssm's scan: the TT steps of a block are spread over the threads (coalesced
+# loads along L), the state index n is a loop, and y accumulates over n inside each thread. Per
+# (block, n) the chain is one associative scan along time (2-tuples for "none"; the (F, G)
+# 4-tuples of _affine_pair for rank one, whose G gives the exclusive x[t-1] that h_m needs). The
+# chain state at the end of a block is carried to the next block through a tiny scratch
+# (chains, Bt, D, N) owned by the program; a barrier at the top of each block orders it.
+# Tiles are (NMP, BD, TT): the program's modalities (padded to a power of two, masked) and
+# channels are per-thread repeats, time is spread over the threads.
 # ---------------------------------------------------------------------------------------------
 
 
@@ -677,84 +674,76 @@ def _affine(a1, b1, a2, b2):
     return a1 * a2, a2 * b1 + b2
 
 
-@triton.jit
-def _at_k(x, sel):
-    """x at the step where sel (K, 1, 1, 1) holds, as (1, ..., S): a reduction inside threads."""
-    return tl.sum(tl.where(sel, x, 0.0), axis=0, keep_dims=True)
-
-
 @triton.jit(do_not_specialize=_RUNTIME)
 def _fwd_par_kernel(
     u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr,
     y_ptr, last_ptr, carry_ptr,
     Bt, Dd, N, L, w_rank1,
-    M: tl.constexpr, NM: tl.constexpr, NMP: tl.constexpr, BD: tl.constexpr, K: tl.constexpr,
-    S: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
-    HAS_BIAS: tl.constexpr, HAS_H0: tl.constexpr, IDX64: tl.constexpr, CT: tl.constexpr,
+    M: tl.constexpr, NM: tl.constexpr, NMP: tl.constexpr, BD: tl.constexpr, TT: tl.constexpr,
+    SOFTPLUS: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
+    HAS_H0: tl.constexpr, IDX64: tl.constexpr, CT: tl.constexpr,
 ):
     """Grid (cdiv(D, BD), Bt, M // NM). carry: (M // NM, Bt, D, N) scratch, the chain state at the
     end of the block before (any contents on entry). IDX64: an input has 2^31 elements or more."""
     pid_d = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
     k = tl.program_id(2)  # the chain: 0 for rank one, the modality for "none"
-    TT: tl.constexpr = K * S
-    kk = tl.arange(0, K)[:, None, None, None]
-    mm = tl.arange(0, NMP)[None, :, None, None]
-    d0 = pid_d * BD
-    dl = tl.arange(0, BD)[None, None, :, None]  # channel within the program
-    d4 = d0 + dl
-    ss = tl.arange(0, S)[None, None, None, :]
+    mm = tl.arange(0, NMP)[:, None, None]
     m = k * NM + mm
     if IDX64:
         m = m.to(tl.int64)
     mask_m = mm < NM
-    mask_d = d4 < Dd  # (1, 1, BD, 1)
-    mask_md = mask_m & mask_d
+    d0 = pid_d * BD
+    dl = tl.arange(0, BD)[None, :, None]  # channel within the program
+    d3 = d0 + dl
+    mask_md = mask_m & (d3 < Dd)  # (NMP, BD, 1)
+    mask_d = d3 < Dd  # (1, BD, 1)
     # Pointers: a scalar int64 base for the program's batch row and first channel plus int32
-    # offsets (registers: the offset tiles stay live across the n loop, 64-bit pointers do not).
+    # offset tiles (they stay live across the n loop; 64-bit pointer tiles would take twice the
+    # registers).
     base_row = (b * Dd + d0) * L  # u, delta, z, y (M, Bt, D, L)
-    row = (m * Bt * Dd + dl) * L  # (1, NMP, BD, 1)
+    row = (m * Bt * Dd + dl) * L  # (NMP, BD, 1)
     base_bc = b * N * L  # B, C (M, Bt, N, L)
-    off_bc = m * Bt * N * L  # (1, NMP, 1, 1)
+    off_bc = m * Bt * N * L  # (NMP, 1, 1)
     base_state = (b * Dd + d0) * N  # states (M, Bt, D, N)
-    off_state = (m * Bt * Dd + dl) * N
-    off_carry = ((k * Bt + b) * Dd + d4) * N  # (1, 1, BD, 1)
-    off_a = (m * Dd + d4) * N
-    bias = tl.zeros((1, NMP, BD, 1), dtype=CT)
+    off_state = (m * Bt * Dd + dl) * N  # (NMP, BD, 1)
+    off_carry = ((k * Bt + b) * Dd + d3) * N  # (1, BD, 1)
+    off_a = (m * Dd + d3) * N
+    bias = tl.zeros((NMP, BD, 1), dtype=CT)
     if HAS_BIAS:
-        bias += tl.load(bias_ptr + m * Dd + d4, mask=mask_md, other=0.0).to(CT)
-    w = (tl.zeros((1, 1, 1, 1), dtype=CT) + w_rank1) / NM
-    k_last = kk == K - 1
-    s_last = (ss == S - 1) & mask_d  # the thread whose segment ends the block
+        bias += tl.load(bias_ptr + m * Dd + d3, mask=mask_md, other=0.0).to(CT)
+    w = (tl.zeros((1, 1, 1), dtype=CT) + w_rank1) / NM
+    tt = tl.arange(0, TT)[None, None, :]
     n_blocks = tl.cdiv(L, TT)
     for c in range(0, n_blocks):
-        t = c * TT + ss * K + kk  # (K, 1, 1, S)
-        valid = t < L
+        t = c * TT + tt
+        valid = t < L  # (1, 1, TT)
         mtd = mask_md & valid
         u = tl.load(u_ptr + base_row + row + t, mask=mtd, other=0.0).to(CT)
         x = tl.load(delta_ptr + base_row + row + t, mask=mtd, other=0.0).to(CT) + bias
         dt, _ = _softplus(x, SOFTPLUS)
         dtu = dt * u
-        y = tl.zeros((K, NMP, BD, S), dtype=CT)
+        y = tl.zeros((NMP, BD, TT), dtype=CT)
         if HAS_D:
-            y += tl.load(D_ptr + m * Dd + d4, mask=mask_md, other=0.0).to(CT) * u
+            y += tl.load(D_ptr + m * Dd + d3, mask=mask_md, other=0.0).to(CT) * u
+        is_end = (t == c * TT + TT - 1) & mask_d  # where the carry is read off
         is_last = (t == L - 1) & mask_md
-        # (1, 1, BD, 1) tiles: and-ing a 0-d bool into a mask breaks Triton 3.9's interpreter
-        first = (d4 * 0 + c) == 0
-        later = (d4 * 0 + c) > 0
-        to_carry = off_carry + ss * 0  # store pointers shaped like the values (1, 1, BD, S)
+        # (1, BD, 1) tiles: and-ing a 0-d bool into a mask breaks Triton 3.9's interpreter
+        first = (d3 * 0 + c) == 0
+        later = (d3 * 0 + c) > 0
+        to_carry = off_carry + t * 0  # store pointers shaped like the values (1, BD, TT)
         to_last = off_state + t * 0
         last_block = c == n_blocks - 1
-        # The carries were written by another thread in the block before.
+        # The carries were written by other threads in the block before.
         tl.debug_barrier()
         for n in range(0, N):
             # The chain state before the block: h0 (the mean of the chain's modalities) first.
             if HAS_H0:
                 h0 = tl.load(h0_ptr + base_state + n + off_state, mask=mask_md & first,
                              other=0.0).to(CT)
-                xc = tl.sum(h0, axis=1, keep_dims=True) / NM
+                xc = tl.sum(h0, axis=0, keep_dims=True) / NM
             else:
-                xc = tl.zeros((1, 1, BD, 1), dtype=CT)
+                xc = tl.zeros((1, BD, 1), dtype=CT)
             xc += tl.load(carry_ptr + off_carry + n, mask=mask_d & later, other=0.0)
             A = tl.load(A_ptr + off_a + n, mask=mask_md, other=0.0).to(CT)
             Bn = tl.load(B_ptr + (base_bc + n * L) + (off_bc + t), mask=mask_m & valid,
@@ -766,26 +755,20 @@ def _fwd_par_kernel(
             if NM == 1:
                 a = tl.where(valid, Abar, 1.0)
                 cc = tl.where(valid, bbar, 0.0)
-                fa, fb = tl.associative_scan((a, cc), 0, _affine)
+                fa, fb = tl.associative_scan((a, cc), 2, _affine)
+                h = fa * xc + fb
+                xe = h
             else:
-                a = tl.where(valid, w * tl.sum(tl.where(mask_m, Abar, 0.0), axis=1,
+                a = tl.where(valid, w * tl.sum(tl.where(mask_m, Abar, 0.0), axis=0,
                                                keep_dims=True), 1.0)
-                cc = tl.where(valid, tl.sum(bbar, axis=1, keep_dims=True) / NM, 0.0)
+                cc = tl.where(valid, tl.sum(bbar, axis=0, keep_dims=True) / NM, 0.0)
                 one = tl.full(a.shape, 1.0, CT)
-                fa, fb, ga, gb = tl.associative_scan((a, cc, one, one * 0.0), 0, _affine_pair)
-            # Across the threads: each segment's map, scanned; Q = the maps before a segment.
-            sa = _at_k(fa, k_last)
-            sb = _at_k(fb, k_last)
-            one_s = tl.full(sa.shape, 1.0, CT)
-            pa, pb, qa, qb = tl.associative_scan((sa, sb, one_s, one_s * 0.0), 3, _affine_pair)
-            x_in = qa * xc + qb  # the chain state before each thread's segment
-            if NM == 1:
-                h = fa * x_in + fb
-            else:
-                h = (w * NM) * Abar * (ga * x_in + gb) + bbar  # x[t-1] from G
+                fa, fb, ga, gb = tl.associative_scan((a, cc, one, one * 0.0), 2, _affine_pair)
+                xprev = ga * xc + gb  # the mean state at t - 1
+                h = (w * NM) * Abar * xprev + bbar
+                xe = fa * xc + fb
             y += Cn * h
-            tl.store(carry_ptr + to_carry + n, (pa * xc + pb).to(carry_ptr.dtype.element_ty),
-                     mask=s_last)
+            tl.store(carry_ptr + to_carry + n, xe.to(carry_ptr.dtype.element_ty), mask=is_end)
             if last_block:
                 tl.store(last_ptr + (base_state + n) + to_last, h.to(last_ptr.dtype.element_ty),
                          mask=is_last)
