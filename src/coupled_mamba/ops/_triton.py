@@ -197,11 +197,12 @@ def _par_tiling(L: int, time_block: int, num_warps: int) -> tuple[int, int]:
     """(steps per block, warps) of the parallel forward.
 
     A block holds up to ``time_block`` steps but not many more than L (a fixed block would be
-    mostly padding for short sequences and the model's inference chunks); fewer warps than
-    ``num_warps`` where the block has fewer steps than threads.
+    mostly padding for short sequences and the model's inference chunks); one warp per 64 steps
+    at most (two steps per thread: on the H100 a 128-step block ran 1.2-1.4x faster on 2 warps
+    than on 4, docs/triton_kernel.md), ``num_warps`` at most.
     """
     tt = min(time_block, max(16, _pow2(L)))
-    return tt, max(1, min(num_warps, tt // 32))
+    return tt, max(1, min(num_warps, tt // 64))
 
 
 def _par_fwd_launch(u, delta, A, B, C, D, z, delta_bias, h0, y, last, carry, cfg):
