@@ -12,12 +12,13 @@ held in each thread) and "seq" (every coupling, one step at a time; the only one
 W; its timings are in docs/triton_kernel.md and are not repeated here). Sections:
 
 1. correctness against the reference loop in float64 on the same device: y and last state of the
-   parallel forward at M=3, Bt=2, D=256, L=1024 (N=64 "mean" and "none", N=16 "mean"); y, last
+   parallel forward at M=3, Bt=2, D=256, L=1024 (N=64 "mean" and "none", N=16 "mean") and at
+   L=1, 40, 128 (every coupling it takes, shortened blocks and fewer warps); y, last
    state and every gradient of every coupling mode with every optional input at a small size
    (L=300; "sum" at L=40, since it overflows float32 by design after ~80 steps): parallel
    forward, chunked and seq with gradients; fp32 and bf16;
-2. a sweep of the parallel forward's tilings (steps per block, channels per program, warps) at
-   N in {64, 16}, L=1024, "mean" and "none";
+2. a sweep of the parallel forward's tilings (steps per block, channels per program) at L=1024
+   and of its warps at L=128 (the model's inference chunk), N in {64, 16}, "mean" and "none";
 3. timings (CUDA events, warm-up, median) at M=3, Bt=32, D=256, N in {16, 64},
    L in {50, 1024, 4096}: forward (no grad) of parallel (the sweep's fastest tiling per N and
    coupling) and chunked, "mean" and "none" (M independent chains: the uncoupled baseline);

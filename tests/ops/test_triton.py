@@ -142,11 +142,13 @@ class TestInterpreter:
     ]
 
 
-    @pytest.mark.parametrize(
+    optional_arguments = pytest.mark.parametrize(
         "with_D,with_z,with_bias,with_state,softplus",
         OPTIONAL,
         ids=["".join("DZbSs"[i] if f else "-" for i, f in enumerate(o)) for o in OPTIONAL],
     )
+
+    @optional_arguments
     def test_optional_arguments(self, with_D, with_z, with_bias, with_state, softplus, make_scan_inputs):
         kw = make_scan_inputs(M=2, Bt=1, D=3, N=4, L=13, with_D=with_D, with_z=with_z,
                               with_bias=with_bias, with_state=with_state)
@@ -266,11 +268,7 @@ class TestInterpreter:
         assert launches == [1]
         assert _rel(y, y_r) < TOL[torch.float64] and _rel(h, h_r) < TOL[torch.float64]
 
-    @pytest.mark.parametrize(
-        "with_D,with_z,with_bias,with_state,softplus",
-        OPTIONAL,
-        ids=["".join("DZbSs"[i] if f else "-" for i, f in enumerate(o)) for o in OPTIONAL],
-    )
+    @optional_arguments
     def test_parallel_optional_arguments(self, with_D, with_z, with_bias, with_state, softplus,
                                          make_scan_inputs):
         kw = make_scan_inputs(M=3, Bt=1, D=3, N=4, L=13, with_D=with_D, with_z=with_z,
