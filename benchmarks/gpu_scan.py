@@ -13,16 +13,19 @@ W; its timings are in docs/triton_kernel.md and are not repeated here). Sections
 
 1. correctness against the reference loop in float64 on the same device: y and last state of the
    parallel forward at M=3, Bt=2, D=256, L=1024 (N=64 "mean" and "none", N=16 "mean") and at
-   L=1, 40, 128 (every coupling it takes, shortened blocks and fewer warps); y, last
-   state and every gradient of every coupling mode with every optional input at a small size
-   (L=300; "sum" at L=40, since it overflows float32 by design after ~80 steps): parallel
-   forward, chunked and seq with gradients; fp32 and bf16;
+   L=1, 40, 128 (every coupling it takes, shortened blocks and fewer warps); y, last state and
+   every gradient of "parallel+bwd" (variant "parallel" with parallel_backward=True: the
+   parallel layout's backward) at N=64, L=1024; y, last state and every gradient of every
+   coupling mode with every optional input at a small size (L=300; "sum" at L=40, since it
+   overflows float32 by design after ~80 steps): parallel forward, parallel+bwd, chunked and
+   seq; fp32 and bf16;
 2. a sweep of the parallel forward's tilings (steps per block, channels per program) at L=1024
    and of its warps at L=128 (the model's inference chunk), N in {64, 16}, "mean" and "none";
 3. timings (CUDA events, warm-up, median) at M=3, Bt=32, D=256, N in {16, 64},
    L in {50, 1024, 4096}: forward (no grad) of parallel (the sweep's fastest tiling per N and
    coupling) and chunked, "mean" and "none" (M independent chains: the uncoupled baseline);
-   forward+backward of chunked "mean" and "none"; the pure-PyTorch path forward at L=50;
+   forward+backward of parallel+bwd (default tiling) and chunked, "mean" and "none"; the
+   pure-PyTorch path forward at L=50;
    mamba-ssm's selective_scan_fn run M times if mamba_ssm imports.
 
 Shapes: M modalities, Bt batch, D channels, N state size, L length. Writes JSON (updated after
@@ -137,10 +140,18 @@ def time_call(fn, device, target_s=0.25, max_reps=15):
 
 # --- the implementations timed ------------------------------------------------------------
 
+def variant_kwargs(label, tiling):
+    """Keywords of coupled_selective_scan_triton for a kernel label: a variant name, or
+    "parallel+bwd" (variant "parallel" with its own backward, parallel_backward=True)."""
+    if label == "parallel+bwd":
+        return dict(variant="parallel", parallel_backward=True, **tiling)
+    return dict(variant=label, **tiling)
+
+
 def triton_fn(tiling, coupling, variant):
     def fn(kw):
         return _triton.coupled_selective_scan_triton(
-            **kw, delta_softplus=True, coupling=coupling, variant=variant, **tiling)
+            **kw, delta_softplus=True, coupling=coupling, **variant_kwargs(variant, tiling))
     return fn
 
 
@@ -246,8 +257,8 @@ def check(name, shape, dtype, cases, device, tilings, with_state, tol, run=None)
         t0 = time.perf_counter()
 
         def fn(variant=variant, **a):
-            return _triton.coupled_selective_scan_triton(**a, variant=variant,
-                                                         **tilings[variant])
+            tiling = tilings["parallel" if variant == "parallel+bwd" else variant]
+            return _triton.coupled_selective_scan_triton(**a, **variant_kwargs(variant, tiling))
 
         if variant == "parallel":  # a forward kernel only: under autograd it runs chunked
             y, h, g, g_r = *forward_only(fn, kw, W, with_state), {}, {}
@@ -378,6 +389,9 @@ def main(argv=None):
                      device, tilings, True, (1e-4, 1e-4), run)
         res += check("full-size", (M, big_Bt, D, Ns[0], big_L), torch.float32,
                      [("mean", "parallel")], device, tilings, True, (1e-4, 1e-4), run)
+        res += check("full-size", (M, big_Bt, D, Ns[1], big_L), torch.float32,
+                     [("mean", "parallel+bwd"), ("none", "parallel+bwd")],
+                     device, tilings, True, (1e-4, 1e-3), run)
         # Short sequences: blocks shorter than the default, fewer warps (L=1 is the streaming
         # step, 128 the model's inference chunk).
         for Ls_ in ((1, 5) if tiny else (1, 40, 128)):
@@ -387,10 +401,12 @@ def main(argv=None):
         small = (M, 2, 8 if tiny else 64, Ns[0], 10 if tiny else 300)
         res += check("all-modes", small, torch.float32,
                      [("none", "parallel"), ("mean", "parallel"), ("sum", "parallel"),
+                      ("none", "parallel+bwd"), ("mean", "parallel+bwd"), ("sum", "parallel+bwd"),
                       ("none", "chunked"), ("mean", "chunked"), ("sum", "chunked"),
                       (0.3, "seq"), ("matrix", "seq")], device, tilings, True, (1e-4, 1e-3), run)
         res += check("bf16", small, torch.bfloat16,
-                     [("mean", "parallel"), ("mean", "chunked"), ("matrix", "seq")],
+                     [("mean", "parallel"), ("mean", "parallel+bwd"), ("mean", "chunked"),
+                      ("matrix", "seq")],
                      device, tilings, True, (1.6e-2, 3e-2), run)
         bad = [r for r in res if not r["ok"]]
         print(f"  correctness: {len(res) - len(bad)} passed, {len(bad)} failed")
@@ -448,6 +464,9 @@ def main(argv=None):
         def par(kind, N):
             return triton_fn(best.get((N, kind), (tilings["parallel"],))[0], kind, "parallel")
 
+        def par_bwd(kind, N):  # the default tiling: the sweep times forwards only
+            return triton_fn(tilings["parallel"], kind, "parallel+bwd")
+
         groups = [
             lambda N, L: [("parallel-mean", par("mean", N), ("fwd",)),
                           ("parallel-none", par("none", N), ("fwd",)),
@@ -457,6 +476,9 @@ def main(argv=None):
                            ("fwd",))],
         ]
         if not args.no_backward:
+            groups.append(lambda N, L: [
+                ("parbwd-mean", par_bwd("mean", N), ("fwdbwd",)),
+                ("parbwd-none", par_bwd("none", N), ("fwdbwd",))])
             groups.append(lambda N, L: [
                 ("chunked-mean", triton_fn(tilings["chunked"], "mean", "chunked"), ("fwdbwd",)),
                 ("chunked-none", triton_fn(tilings["chunked"], "none", "chunked"), ("fwdbwd",))])
@@ -512,8 +534,8 @@ def main(argv=None):
     return 0 if not run.res["errors"] and all(r["ok"] for r in run.res["correctness"]) else 1
 
 
-IMPLS = ["parallel-mean", "parallel-none", "chunked-mean", "chunked-none", "torch-mean",
-         "mamba-ssm-x3"]
+IMPLS = ["parallel-mean", "parallel-none", "parbwd-mean", "parbwd-none", "chunked-mean",
+         "chunked-none", "torch-mean", "mamba-ssm-x3"]
 
 
 def _ratio(a, b):
@@ -554,12 +576,13 @@ def print_table(run):
                 if not any(v.values()):
                     continue
                 cells = " ".join(_fmt(x, "13.3f", 13) for x in v.values())
-                best_mean = min((x for x in (v["parallel-mean"], v["chunked-mean"]) if x),
-                                default=None)
+                pm = v["parallel-mean"] or v["parbwd-mean"]  # fwd / fwd+bwd
+                pn = v["parallel-none"] or v["parbwd-none"]
+                best_mean = min((x for x in (pm, v["chunked-mean"]) if x), default=None)
                 print(f"{N:4d} {L:5d} {cells} "
-                      f"{_fmt(_ratio(v['parallel-mean'], v['parallel-none']), '7.2f', 7)} "
+                      f"{_fmt(_ratio(pm, pn), '7.2f', 7)} "
                       f"{_fmt(_ratio(v['chunked-mean'], v['chunked-none']), '7.2f', 7)} "
-                      f"{_fmt(_ratio(v['chunked-mean'], v['parallel-mean']), '6.2f', 6)} "
+                      f"{_fmt(_ratio(v['chunked-mean'], pm), '6.2f', 6)} "
                       f"{_fmt(_ratio(best_mean, v['mamba-ssm-x3']), '8.2f', 8)}")
     if res["sweep"]:
         print(f"\nsweep (parallel forward, L={res['meta']['Ls'][1]}): " + "; ".join(

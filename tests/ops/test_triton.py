@@ -38,6 +38,8 @@ CHUNKED = dict(variant="chunked", time_block=8, time_block_bwd=4, block_d=2, blo
 # The parallel variant: its own forward without autograd (blocks of 8 steps, 2 channels per
 # program); under autograd the chunked kernels with the tiling of CHUNKED.
 PARALLEL = {**CHUNKED, "variant": "parallel"}
+# The parallel variant with its own backward (PAR_BACKWARD, opt-in until timed on a GPU).
+PARALLEL_BWD = {**PARALLEL, "parallel_backward": True}
 
 
 def _matrix(M, dtype, seed=1):
@@ -310,6 +312,56 @@ class TestInterpreter:
         _triton.coupled_selective_scan_triton(**kw, coupling=_matrix(2, torch.float64))  # seq
         assert launches == [1]
 
+    @pytest.mark.parametrize("coupling", CHUNKED_COUPLINGS, ids=str)
+    @pytest.mark.parametrize(
+        "M,Bt,D,N,L,tiling",
+        [
+            (3, 2, 3, 5, 21, {}),  # 3 blocks, the last partial; 2 channel programs (dB, dC by
+            # atomics), one padded; M = 3 padded to 4, N = 5
+            (2, 1, 3, 4, 16, dict(time_block=16, block_d=4)),  # one whole block, one channel
+            # program (dB, dC stored)
+            (1, 1, 2, 3, 1, dict(block_d=1)),  # one modality, L = 1
+            (3, 1, 4, 4, 40, dict(time_block=None, block_d=None)),  # default tiling
+        ],
+        ids=["M3-L21", "M2-L16-oneblock", "M1-L1", "M3-L40-default"],
+    )
+    def test_parallel_backward_matches_reference(self, coupling, M, Bt, D, N, L, tiling,
+                                                 make_scan_inputs, monkeypatch):
+        """The parallel layout's backward: y, last state and every gradient (initial_state and
+        the last state's gradient included), and not the chunked kernels."""
+        kw = make_scan_inputs(M=M, Bt=Bt, D=D, N=N, L=L, with_state=True)
+        monkeypatch.setattr(_triton, "_chunk_bwd_launch", None)  # would fail if called
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # "sum" is not contractive
+            _compare(kw, coupling, base=PARALLEL_BWD, **tiling)
+
+    @optional_arguments
+    def test_parallel_backward_optional_arguments(self, with_D, with_z, with_bias, with_state,
+                                                  softplus, make_scan_inputs):
+        kw = make_scan_inputs(M=3, Bt=1, D=3, N=4, L=13, with_D=with_D, with_z=with_z,
+                              with_bias=with_bias, with_state=with_state)
+        if not softplus:
+            kw["delta"] = kw["delta"].detach().abs().add(0.05).requires_grad_(True)
+        _compare(kw, "mean", softplus=softplus, last=with_state, base=PARALLEL_BWD)
+        _compare(kw, "none", softplus=softplus, last=not with_state, base=PARALLEL_BWD)
+
+    @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+    def test_parallel_backward_fp32_and_bf16(self, dtype, make_scan_inputs):
+        kw = make_scan_inputs(M=2, Bt=1, D=4, N=4, L=17, dtype=dtype, with_state=True)
+        if dtype == torch.float32:
+            _compare(kw, "mean", base=PARALLEL_BWD)
+            return
+        for name in ("A", "D", "delta_bias", "initial_state"):  # parameters may stay fp32
+            kw[name] = kw[name].detach().float().requires_grad_(True)
+        y_t, h_t, g_t = _run(_triton_fn(**PARALLEL_BWD), kw, "mean")
+        kw32 = {k: v.detach().float().requires_grad_(True) for k, v in kw.items()}
+        y_r, h_r, g_r = _run(coupled_selective_scan_ref, kw32, "mean")
+        eps = torch.finfo(dtype).eps
+        assert y_t.dtype == dtype and _rel(y_t, y_r) < 4 * eps and _rel(h_t, h_r) < 1e-5
+        for name in g_r:
+            assert g_t[name].dtype == kw[name].dtype, name
+            assert _rel(g_t[name], g_r[name]) < 4 * eps, name
+
     def test_parallel_under_autograd_runs_chunked(self, make_scan_inputs):
         """Gradients through variant="parallel" (the chunked kernels) match the reference."""
         kw = make_scan_inputs(M=3, Bt=1, D=3, N=5, L=11, with_state=True)
@@ -530,8 +582,18 @@ def test_kernels_compile_for_sm90(tmp_path):
         pcfg = _triton._ChunkConfig(
             n_mod=n_mod, weight=1.0, softplus=True, grad=False, t_fwd=8, t_bwd=4, block_d_fwd=1,
             block_d_bwd=1, num_warps=4, parallel=True)
-        args, meta, options = _triton._par_fwd_launch(u, u, A, B, B, p, u, p, h, u, h, h, pcfg)
-        compiled.append(_triton._compile_for(k._fwd_par_kernel, args, meta, options["num_warps"]))
+        for save in (False, True):
+            args, meta, options = _triton._par_fwd_launch(u, u, A, B, B, p, u, p, h, u, h, h,
+                                                          e(1, 1), pcfg, save)
+            compiled.append(_triton._compile_for(k._fwd_par_kernel, args, meta,
+                                                 options["num_warps"]))
+        # Its backward: the forward's tiling and last arguments (as the launcher passes them).
+        meta.pop("SAVE")
+        meta.update(HAS_DLAST=True, ATOMIC_BC=True)
+        grads = (u, u, u, B, B, e(Bt, M, Dd, N), e(Bt, M, Dd), e(Bt, M, Dd), h)
+        args = [u, u, A, B, B, p, u, p, e(1, 1), u, h, *grads, h, *args[-5:]]
+        compiled.append(_triton._compile_for(k._bwd_par_kernel, args, meta,
+                                             options["num_warps"]))
     for i, c in enumerate(compiled):
         assert ".target sm_90" in c.asm["ptx"]
         assert c.asm.get("cubin")

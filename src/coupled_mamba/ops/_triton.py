@@ -45,6 +45,9 @@ CHUNK_ND = 128  # NP * BD with 4 warps: one (n, d) pair per thread
 # sweep at N in {16, 64}, L = 1024 (docs/triton_kernel.md).
 PAR_T = {True: 256, False: 512}
 PAR_BD = 1
+# The parallel layout's backward under autograd for variant "parallel" (else the chunked kernels).
+# Off: correct in the interpreter and compiled for sm_90 without spills, not yet timed on a GPU.
+PAR_BACKWARD = False
 VARIANTS = ("auto", "seq", "chunked", "parallel")
 # Overrides variant="auto" process-wide (benchmarks, A/B runs): "seq", "chunked" or "parallel".
 VARIANT_ENV = "COUPLED_MAMBA_TRITON_VARIANT"
@@ -188,7 +191,8 @@ class _ChunkConfig:
     block_d_fwd: int
     block_d_bwd: int
     num_warps: int
-    parallel: bool = False  # the time-parallel kernel for a forward that saves nothing
+    parallel: bool = False  # the time-parallel forward (without autograd, or with par_bwd)
+    par_bwd: bool = False  # the parallel layout's backward too (else chunked under autograd)
     par_t: int = 256
     par_bd: int = PAR_BD
 
@@ -205,21 +209,19 @@ def _par_tiling(L: int, time_block: int, num_warps: int) -> tuple[int, int]:
     return tt, max(1, min(num_warps, tt // 64))
 
 
-def _par_fwd_launch(u, delta, A, B, C, D, z, delta_bias, h0, y, last, carry, cfg):
-    """Positional arguments, constexpr keywords and launch options of _fwd_par_kernel."""
+def _par_fwd_launch(u, delta, A, B, C, D, z, delta_bias, h0, y, last, carry, ckpt, cfg, save):
+    """Positional arguments, constexpr keywords and launch options of _fwd_par_kernel (the last
+    five arguments and the tiling are also those of _bwd_par_kernel)."""
     M, Bt, Dd, L = u.shape
     N = A.shape[-1]
     tt, warps = _par_tiling(L, cfg.par_t, cfg.num_warps)
-
-    def opt(x):
-        return u if x is None else x
-
-    args = [u, delta, A, B, C, opt(D), opt(z), opt(delta_bias), opt(h0), y, last, carry,
+    opt = _opt(u)
+    args = [u, delta, A, B, C, opt(D), opt(z), opt(delta_bias), opt(h0), y, last, carry, ckpt,
             Bt, Dd, N, L, cfg.weight]
     meta = dict(
         M=M, NM=cfg.n_mod, NMP=_pow2(cfg.n_mod), BD=cfg.par_bd, TT=tt,
         SOFTPLUS=cfg.softplus, HAS_D=D is not None, HAS_Z=z is not None,
-        HAS_BIAS=delta_bias is not None, HAS_H0=h0 is not None,
+        HAS_BIAS=delta_bias is not None, HAS_H0=h0 is not None, SAVE=save,
         IDX64=max(u.numel(), B.numel(), last.numel()) >= 2**31, CT=_tl_dtype(last.dtype),
     )
     return args, meta, {"num_warps": warps, "enable_fp_fusion": True}
@@ -294,14 +296,6 @@ class _CoupledScanTritonChunked(torch.autograd.Function):
         n_chunks = -(-L // cfg.t_bwd)
         y = torch.empty_like(u)
         last = torch.empty(M, Bt, Dd, N, device=u.device, dtype=ct)
-        if cfg.parallel and not save:
-            carry = torch.empty(chains, Bt, Dd, N, device=u.device, dtype=ct)
-            args, meta, options = _par_fwd_launch(u, delta, A, B, C, D, z, delta_bias, h0, y,
-                                                  last, carry, cfg)
-            grid = (triton_cdiv(Dd, cfg.par_bd), Bt, chains)
-            _kernels()[0]._fwd_par_kernel[grid](*args, **meta, **options)
-            ctx.cfg = cfg
-            return y, last
         # One state per chain and chunk: 1 / M of the coupled states for rank one.
         ckpt = torch.empty(n_chunks if save else 1, chains, Bt, Dd, N, device=u.device, dtype=ct)
         args, meta = _chunk_fwd_launch(u, delta, A, B, C, D, z, delta_bias, h0, y, last, ckpt,
@@ -339,6 +333,67 @@ class _CoupledScanTritonChunked(torch.autograd.Function):
             None if D is None else dD.sum(0).to(D.dtype), dz,
             None if delta_bias is None else dbias.sum(0).to(delta_bias.dtype), dh0, None,
         )
+
+
+class _CoupledScanTritonParallel(torch.autograd.Function):
+    """Autograd around the parallel kernels ("none" and rank-one couplings): the time-parallel
+    forward and, when a gradient is needed, its backward in the same layout."""
+
+    @staticmethod
+    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, h0, cfg: _ChunkConfig):
+        M, Bt, Dd, L = u.shape
+        N = A.shape[-1]
+        ct = torch.float64 if u.dtype == torch.float64 else torch.float32
+        save = cfg.grad and any(ctx.needs_input_grad[:9])
+        chains = M // cfg.n_mod
+        y = torch.empty_like(u)
+        last = torch.empty(M, Bt, Dd, N, device=u.device, dtype=ct)
+        carry = torch.empty(chains, Bt, Dd, N, device=u.device, dtype=ct)
+        tt, _ = _par_tiling(L, cfg.par_t, cfg.num_warps)
+        # The chain state before every block: 1 / TT of the chain states.
+        ckpt = torch.empty(triton_cdiv(L, tt) if save else 1, chains, Bt, Dd, N,
+                           device=u.device, dtype=ct)
+        args, meta, options = _par_fwd_launch(u, delta, A, B, C, D, z, delta_bias, h0, y, last,
+                                              carry, ckpt, cfg, save)
+        grid = (triton_cdiv(Dd, cfg.par_bd), Bt, chains)
+        _kernels()[0]._fwd_par_kernel[grid](*args, **meta, **options)
+        if save:
+            ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, h0, ckpt)
+        ctx.cfg = cfg
+        return y, last
+
+    @staticmethod
+    def backward(ctx, dy, dlast):
+        u, delta, A, B, C, D, z, delta_bias, h0, ckpt = ctx.saved_tensors
+        cfg: _ChunkConfig = ctx.cfg
+        M, Bt, Dd, L = u.shape
+        N = A.shape[-1]
+        chains = M // cfg.n_mod
+        n_dblk = triton_cdiv(Dd, cfg.par_bd)
+        atomic = n_dblk > 1
+        du, ddelta, dz, dB, dC, dA, dD, dbias = _grad_buffers(
+            u, delta, B, C, z, D, delta_bias, N, atomic, torch.zeros, ckpt.dtype)
+        dh0 = torch.empty_like(h0) if h0 is not None else None
+        carry = torch.empty(chains, Bt, Dd, N, device=u.device, dtype=ckpt.dtype)
+        args, meta, options = _par_fwd_launch(u, delta, A, B, C, D, z, delta_bias, h0, u, u,
+                                              carry, ckpt, cfg, True)
+        opt = _opt(u)
+        args = [u, delta, A, B, C, opt(D), opt(z), opt(delta_bias), ckpt, dy.contiguous(),
+                opt(None if dlast is None else dlast.contiguous()),
+                *map(opt, (du, ddelta, dz, dB, dC, dA, dD, dbias, dh0)), carry, *args[-5:]]
+        meta.pop("SAVE")
+        meta.update(HAS_H0=dh0 is not None, HAS_DLAST=dlast is not None, ATOMIC_BC=atomic)
+        _kernels()[0]._bwd_par_kernel[(n_dblk, Bt, chains)](*args, **meta, **options)
+        return (
+            du, ddelta, dA.sum(0).to(A.dtype), dB.to(B.dtype), dC.to(C.dtype),
+            None if D is None else dD.sum(0).to(D.dtype), dz,
+            None if delta_bias is None else dbias.sum(0).to(delta_bias.dtype), dh0, None,
+        )
+
+
+def _opt(u):
+    """Absent optional tensors are passed as u (unread by the kernels)."""
+    return lambda x: u if x is None else x
 
 
 def _chunk_t_fwd(N: int) -> int:
@@ -437,6 +492,7 @@ def coupled_selective_scan_triton(
     variant: str = "auto",
     time_block: int | None = None,
     time_block_bwd: int | None = None,
+    parallel_backward: bool | None = None,
 ):
     """Coupled selective scan with fused Triton kernels, forward and backward.
 
@@ -457,7 +513,10 @@ def coupled_selective_scan_triton(
     - ``"parallel"``: the couplings of "chunked". Its forward without autograd is a
       time-parallel kernel (blocks of up to ``time_block`` steps spread over the threads, the
       state index looped, ``block_d`` channels per program, nothing stored for a backward);
-      under autograd it runs the chunked kernels at their default forward tiling.
+      under autograd it runs the chunked kernels at their default forward tiling, or, with
+      ``parallel_backward=True``, the parallel forward storing the chain state before every
+      block and a backward in the same layout (default: PAR_BACKWARD, off until it has been
+      timed on a GPU).
     - ``"auto"`` (default): "parallel" where it applies (so the parallel forward without
       autograd, the chunked kernels with it), else "seq"; the environment variable
       COUPLED_MAMBA_TRITON_VARIANT ("seq", "chunked" or "parallel") overrides it.
@@ -482,7 +541,8 @@ def coupled_selective_scan_triton(
     if variant in ("chunked", "parallel"):
         return _chunked(u, delta, A, B, C, D, z, delta_bias, delta_softplus, cp,
                         initial_state, return_last_state, block_d, block_d_bwd, num_warps,
-                        time_block, time_block_bwd, parallel=variant == "parallel")
+                        time_block, time_block_bwd, parallel=variant == "parallel",
+                        parallel_backward=parallel_backward)
     for name, value in (("chunk", chunk), ("sub_chunk", sub_chunk)):
         _check_pow2(name, value)
     if chunk % sub_chunk:
@@ -522,7 +582,7 @@ def coupled_selective_scan_triton(
 
 def _chunked(u, delta, A, B, C, D, z, delta_bias, delta_softplus, cp, initial_state,
              return_last_state, block_d, block_d_bwd, num_warps, time_block, time_block_bwd,
-             parallel=False):
+             parallel=False, parallel_backward=None):
     """coupled_selective_scan_triton's chunked and parallel variants (a resolved coupling
     ``cp``). The parallel one differs only in its forward without autograd; under autograd both
     run the chunked forward (it stores the checkpoints) and backward. Its ``time_block`` and
@@ -548,7 +608,8 @@ def _chunked(u, delta, A, B, C, D, z, delta_bias, delta_softplus, cp, initial_st
             "Triton's CPU interpreter)"
         )
     if parallel:  # the chunked forward under autograd keeps its default tiling
-        par = dict(parallel=True, par_t=t_f, par_bd=bd_f)
+        par = dict(parallel=True, par_t=t_f, par_bd=bd_f,
+                   par_bwd=PAR_BACKWARD if parallel_backward is None else bool(parallel_backward))
         t_f, bd_f = _chunk_t_fwd(A.shape[-1]), _chunk_block_d(Dd, NP, num_warps)
     else:
         par = {}
@@ -561,9 +622,11 @@ def _chunked(u, delta, A, B, C, D, z, delta_bias, delta_softplus, cp, initial_st
     def c(x):
         return None if x is None else x.contiguous()
 
-    y, last = _CoupledScanTritonChunked.apply(
-        c(u), c(delta), c(A), c(B), c(C), c(D), c(z), c(delta_bias), c(initial_state), cfg
-    )
+    inputs = (c(u), c(delta), c(A), c(B), c(C), c(D), c(z), c(delta_bias), c(initial_state))
+    needs_grad = cfg.grad and any(x is not None and x.requires_grad for x in inputs)
+    fn = (_CoupledScanTritonParallel if parallel and (cfg.par_bwd or not needs_grad)
+          else _CoupledScanTritonChunked)
+    y, last = fn.apply(*inputs, cfg)
     return (y, last) if return_last_state else y
 
 
