@@ -133,6 +133,11 @@ def _block_d(D: int, MP: int, NP: int, tile: int) -> int:
     return max(1, min(_pow2(D), _pow2(max(1, tile // (MP * NP)))))
 
 
+def _opt(u):
+    """Absent optional tensors are passed as u (unread by the kernels)."""
+    return lambda x: u if x is None else x
+
+
 def _check_pow2(name: str, value: int) -> None:
     if value < 1 or value & (value - 1):
         raise ValueError(f"{name}: must be a power of two >= 1, got {value}")
@@ -143,9 +148,7 @@ def _fwd_launch(u, delta, A, B, C, D, z, delta_bias, W, h0, y, last, ckpt, cfg, 
     M, Bt, Dd, L = u.shape
     N = A.shape[-1]
 
-    def opt(x):
-        return u if x is None else x
-
+    opt = _opt(u)
     args = [u, delta, A, B, C, opt(D), opt(z), opt(delta_bias), opt(W), opt(h0), y, last, ckpt,
             Bt, Dd, N, L, cfg.weight]
     meta = dict(
@@ -163,9 +166,7 @@ def _bwd_launch(u, delta, A, B, C, D, z, delta_bias, W, ckpt, dy, dlast, scratch
     M, Bt, Dd, L = u.shape
     N = A.shape[-1]
 
-    def opt(x):
-        return u if x is None else x
-
+    opt = _opt(u)
     args = [u, delta, A, B, C, opt(D), opt(z), opt(delta_bias), opt(W), ckpt, dy, opt(dlast),
             scratch, *map(opt, grads), Bt, Dd, N, L, cfg.weight]
     meta = dict(
@@ -193,7 +194,7 @@ class _ChunkConfig:
     num_warps: int
     parallel: bool = False  # the time-parallel forward (without autograd, or with par_bwd)
     par_bwd: bool = False  # the parallel layout's backward too (else chunked under autograd)
-    par_t: int = 256
+    par_t: int = PAR_T[True]
     par_bd: int = PAR_BD
 
 
@@ -202,8 +203,8 @@ def _par_tiling(L: int, time_block: int, num_warps: int) -> tuple[int, int]:
 
     A block holds up to ``time_block`` steps but not many more than L (a fixed block would be
     mostly padding for short sequences and the model's inference chunks); one warp per 64 steps
-    at most (two steps per thread: on the H100 a 128-step block ran 1.2-1.4x faster on 2 warps
-    than on 4, docs/triton_kernel.md), ``num_warps`` at most.
+    at most (two steps per thread; for 128-step blocks within 20% of the fastest warp count in
+    both H100 runs that measured it, docs/triton_kernel.md), ``num_warps`` at most.
     """
     tt = min(time_block, max(16, _pow2(L)))
     return tt, max(1, min(num_warps, tt // 64))
@@ -232,9 +233,7 @@ def _chunk_fwd_launch(u, delta, A, B, C, D, z, delta_bias, h0, y, last, ckpt, cf
     M, Bt, Dd, L = u.shape
     N = A.shape[-1]
 
-    def opt(x):
-        return u if x is None else x
-
+    opt = _opt(u)
     args = [u, delta, A, B, C, opt(D), opt(z), opt(delta_bias), opt(h0), y, last, ckpt,
             Bt, Dd, N, L, cfg.weight]
     meta = dict(
@@ -251,9 +250,7 @@ def _chunk_bwd_launch(u, delta, A, B, C, D, z, delta_bias, ckpt, dy, dlast, grad
     M, Bt, Dd, L = u.shape
     N = A.shape[-1]
 
-    def opt(x):
-        return u if x is None else x
-
+    opt = _opt(u)
     args = [u, delta, A, B, C, opt(D), opt(z), opt(delta_bias), ckpt, dy, opt(dlast),
             *map(opt, grads), Bt, Dd, N, L, cfg.weight]
     meta = dict(
@@ -389,11 +386,6 @@ class _CoupledScanTritonParallel(torch.autograd.Function):
             None if D is None else dD.sum(0).to(D.dtype), dz,
             None if delta_bias is None else dbias.sum(0).to(delta_bias.dtype), dh0, None,
         )
-
-
-def _opt(u):
-    """Absent optional tensors are passed as u (unread by the kernels)."""
-    return lambda x: u if x is None else x
 
 
 def _chunk_t_fwd(N: int) -> int:
