@@ -258,8 +258,8 @@ class TestInterpreter:
         input, against the reference; a spy makes sure it is that kernel that ran."""
         kw = make_scan_inputs(M=M, Bt=Bt, D=D, N=N, L=L, with_state=True, requires_grad=False)
         launches = []
-        real = _triton._par_fwd_launch
-        monkeypatch.setattr(_triton, "_par_fwd_launch",
+        real = _triton._par_meta
+        monkeypatch.setattr(_triton, "_par_meta",
                             lambda *a: launches.append(1) or real(*a))
         fn = _triton_fn(**{**PARALLEL, **tiling})
         with warnings.catch_warnings():
@@ -302,8 +302,8 @@ class TestInterpreter:
                                                                 monkeypatch):
         kw = make_scan_inputs(M=2, Bt=1, D=3, N=4, L=6)
         launches = []
-        real = _triton._par_fwd_launch
-        monkeypatch.setattr(_triton, "_par_fwd_launch",
+        real = _triton._par_meta
+        monkeypatch.setattr(_triton, "_par_meta",
                             lambda *a: launches.append(1) or real(*a))
         with torch.no_grad():
             _triton.coupled_selective_scan_triton(**kw)
@@ -582,17 +582,17 @@ def test_kernels_compile_for_sm90(tmp_path):
         pcfg = _triton._ChunkConfig(
             n_mod=n_mod, weight=1.0, softplus=True, grad=False, t_fwd=8, t_bwd=4, block_d_fwd=1,
             block_d_bwd=1, num_warps=4, parallel=True)
+        meta, options = _triton._par_meta(u, B, p, u, p, h, torch.float32, pcfg)
+        sizes = [Bt, Dd, N, L, 1.0]
         for save in (False, True):
-            args, meta, options = _triton._par_fwd_launch(u, u, A, B, B, p, u, p, h, u, h, h,
-                                                          e(1, 1), pcfg, save)
-            compiled.append(_triton._compile_for(k._fwd_par_kernel, args, meta,
+            args = [u, u, A, B, B, p, u, p, h, u, h, h, e(1, 1), *sizes]
+            compiled.append(_triton._compile_for(k._fwd_par_kernel, args, {**meta, "SAVE": save},
                                                  options["num_warps"]))
-        # Its backward: the forward's tiling and last arguments (as the launcher passes them).
-        meta.pop("SAVE")
-        meta.update(HAS_DLAST=True, ATOMIC_BC=True)
+        # Its backward, with the same tiling.
         grads = (u, u, u, B, B, e(Bt, M, Dd, N), e(Bt, M, Dd), e(Bt, M, Dd), h)
-        args = [u, u, A, B, B, p, u, p, e(1, 1), u, h, *grads, h, *args[-5:]]
-        compiled.append(_triton._compile_for(k._bwd_par_kernel, args, meta,
+        args = [u, u, A, B, B, p, u, p, e(1, 1), u, h, *grads, h, *sizes]
+        compiled.append(_triton._compile_for(k._bwd_par_kernel, args,
+                                             {**meta, "HAS_DLAST": True, "ATOMIC_BC": True},
                                              options["num_warps"]))
     for i, c in enumerate(compiled):
         assert ".target sm_90" in c.asm["ptx"]

@@ -134,8 +134,12 @@ def _block_d(D: int, MP: int, NP: int, tile: int) -> int:
 
 
 def _opt(u):
-    """Absent optional tensors are passed as u (unread by the kernels)."""
-    return lambda x: u if x is None else x
+    """opt(x) -> x, or u where x is None: absent optional tensors are passed as u (unread by the
+    kernels). With several arguments, a list."""
+    def opt(*xs):
+        out = [u if x is None else x for x in xs]
+        return out[0] if len(xs) == 1 else out
+    return opt
 
 
 def _check_pow2(name: str, value: int) -> None:
@@ -210,22 +214,18 @@ def _par_tiling(L: int, time_block: int, num_warps: int) -> tuple[int, int]:
     return tt, max(1, min(num_warps, tt // 64))
 
 
-def _par_fwd_launch(u, delta, A, B, C, D, z, delta_bias, h0, y, last, carry, ckpt, cfg, save):
-    """Positional arguments, constexpr keywords and launch options of _fwd_par_kernel (the last
-    five arguments and the tiling are also those of _bwd_par_kernel)."""
+def _par_meta(u, B, D, z, delta_bias, h0, ct, cfg):
+    """Constexpr keywords (but SAVE / HAS_DLAST, ATOMIC_BC) and launch options shared by
+    _fwd_par_kernel and _bwd_par_kernel; the two must run with the same block length."""
     M, Bt, Dd, L = u.shape
-    N = A.shape[-1]
     tt, warps = _par_tiling(L, cfg.par_t, cfg.num_warps)
-    opt = _opt(u)
-    args = [u, delta, A, B, C, opt(D), opt(z), opt(delta_bias), opt(h0), y, last, carry, ckpt,
-            Bt, Dd, N, L, cfg.weight]
     meta = dict(
         M=M, NM=cfg.n_mod, NMP=_pow2(cfg.n_mod), BD=cfg.par_bd, TT=tt,
         SOFTPLUS=cfg.softplus, HAS_D=D is not None, HAS_Z=z is not None,
-        HAS_BIAS=delta_bias is not None, HAS_H0=h0 is not None, SAVE=save,
-        IDX64=max(u.numel(), B.numel(), last.numel()) >= 2**31, CT=_tl_dtype(last.dtype),
+        HAS_BIAS=delta_bias is not None, HAS_H0=h0 is not None,
+        IDX64=max(u.numel(), B.numel(), M * Bt * Dd * B.shape[2]) >= 2**31, CT=_tl_dtype(ct),
     )
-    return args, meta, {"num_warps": warps, "enable_fp_fusion": True}
+    return meta, {"num_warps": warps, "enable_fp_fusion": True}
 
 
 def _chunk_fwd_launch(u, delta, A, B, C, D, z, delta_bias, h0, y, last, ckpt, cfg, save):
@@ -281,7 +281,11 @@ def _grad_buffers(u, delta, B, C, z, D, delta_bias, N, atomic, part_alloc, ct):
 
 
 class _CoupledScanTritonChunked(torch.autograd.Function):
-    """Autograd around the chunked kernels ("none" and rank-one couplings)."""
+    """Autograd around the chunked and parallel kernels ("none" and rank-one couplings).
+
+    The parallel forward runs where ``cfg.parallel`` is set and either nothing is saved for a
+    backward or ``cfg.par_bwd`` asks for the parallel backward; otherwise the chunked pair.
+    """
 
     @staticmethod
     def forward(ctx, u, delta, A, B, C, D, z, delta_bias, h0, cfg: _ChunkConfig):
@@ -289,19 +293,31 @@ class _CoupledScanTritonChunked(torch.autograd.Function):
         N = A.shape[-1]
         ct = torch.float64 if u.dtype == torch.float64 else torch.float32
         save = cfg.grad and any(ctx.needs_input_grad[:9])
+        par = cfg.parallel and (cfg.par_bwd or not save)
         chains = M // cfg.n_mod
-        n_chunks = -(-L // cfg.t_bwd)
         y = torch.empty_like(u)
         last = torch.empty(M, Bt, Dd, N, device=u.device, dtype=ct)
-        # One state per chain and chunk: 1 / M of the coupled states for rank one.
-        ckpt = torch.empty(n_chunks if save else 1, chains, Bt, Dd, N, device=u.device, dtype=ct)
-        args, meta = _chunk_fwd_launch(u, delta, A, B, C, D, z, delta_bias, h0, y, last, ckpt,
-                                       cfg, save)
-        grid = (triton_cdiv(Dd, cfg.block_d_fwd), Bt, chains)
-        _kernels()[0]._fwd_chunk_kernel[grid](*args, **meta, **_launch_options(cfg))
+        if par:
+            tt, _ = _par_tiling(L, cfg.par_t, cfg.num_warps)
+            # The chain state before every block: 1 / TT of the chain states.
+            ckpt = torch.empty(triton_cdiv(L, tt) if save else 1, chains, Bt, Dd, N,
+                               device=u.device, dtype=ct)
+            carry = torch.empty(chains, Bt, Dd, N, device=u.device, dtype=ct)
+            meta, options = _par_meta(u, B, D, z, delta_bias, h0, ct, cfg)
+            _kernels()[0]._fwd_par_kernel[(triton_cdiv(Dd, cfg.par_bd), Bt, chains)](
+                u, delta, A, B, C, *_opt(u)(D, z, delta_bias, h0), y, last, carry, ckpt,
+                Bt, Dd, N, L, cfg.weight, **meta, SAVE=save, **options)
+        else:
+            # One state per chain and chunk: 1 / M of the coupled states for rank one.
+            ckpt = torch.empty(-(-L // cfg.t_bwd) if save else 1, chains, Bt, Dd, N,
+                               device=u.device, dtype=ct)
+            args, meta = _chunk_fwd_launch(u, delta, A, B, C, D, z, delta_bias, h0, y, last,
+                                           ckpt, cfg, save)
+            grid = (triton_cdiv(Dd, cfg.block_d_fwd), Bt, chains)
+            _kernels()[0]._fwd_chunk_kernel[grid](*args, **meta, **_launch_options(cfg))
         if save:
             ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, h0, ckpt)
-        ctx.cfg = cfg
+        ctx.cfg, ctx.par = cfg, par
         return y, last
 
     @staticmethod
@@ -311,76 +327,29 @@ class _CoupledScanTritonChunked(torch.autograd.Function):
         M, Bt, Dd, L = u.shape
         N = A.shape[-1]
         ct = ckpt.dtype
-        n_dblk = triton_cdiv(Dd, cfg.block_d_bwd)
+        chains = M // cfg.n_mod
+        n_dblk = triton_cdiv(Dd, cfg.par_bd if ctx.par else cfg.block_d_bwd)
         atomic = n_dblk > 1
         dy = dy.contiguous()
+        dlast = None if dlast is None else dlast.contiguous()
         # Per batch row partial sums of dA, dD, d delta_bias, accumulated chunk by chunk.
         du, ddelta, dz, dB, dC, dA, dD, dbias = _grad_buffers(
             u, delta, B, C, z, D, delta_bias, N, atomic, torch.zeros, ct)
         dh0 = torch.empty_like(h0) if h0 is not None else None
-        args, meta = _chunk_bwd_launch(
-            u, delta, A, B, C, D, z, delta_bias, ckpt, dy,
-            None if dlast is None else dlast.contiguous(),
-            (du, ddelta, dz, dB, dC, dA, dD, dbias, dh0), cfg, atomic,
-        )
-        grid = (n_dblk, Bt, M // cfg.n_mod)
-        _kernels()[0]._bwd_chunk_kernel[grid](*args, **meta, **_launch_options(cfg))
-        return (
-            du, ddelta, dA.sum(0).to(A.dtype), dB.to(B.dtype), dC.to(C.dtype),
-            None if D is None else dD.sum(0).to(D.dtype), dz,
-            None if delta_bias is None else dbias.sum(0).to(delta_bias.dtype), dh0, None,
-        )
-
-
-class _CoupledScanTritonParallel(torch.autograd.Function):
-    """Autograd around the parallel kernels ("none" and rank-one couplings): the time-parallel
-    forward and, when a gradient is needed, its backward in the same layout."""
-
-    @staticmethod
-    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, h0, cfg: _ChunkConfig):
-        M, Bt, Dd, L = u.shape
-        N = A.shape[-1]
-        ct = torch.float64 if u.dtype == torch.float64 else torch.float32
-        save = cfg.grad and any(ctx.needs_input_grad[:9])
-        chains = M // cfg.n_mod
-        y = torch.empty_like(u)
-        last = torch.empty(M, Bt, Dd, N, device=u.device, dtype=ct)
-        carry = torch.empty(chains, Bt, Dd, N, device=u.device, dtype=ct)
-        tt, _ = _par_tiling(L, cfg.par_t, cfg.num_warps)
-        # The chain state before every block: 1 / TT of the chain states.
-        ckpt = torch.empty(triton_cdiv(L, tt) if save else 1, chains, Bt, Dd, N,
-                           device=u.device, dtype=ct)
-        args, meta, options = _par_fwd_launch(u, delta, A, B, C, D, z, delta_bias, h0, y, last,
-                                              carry, ckpt, cfg, save)
-        grid = (triton_cdiv(Dd, cfg.par_bd), Bt, chains)
-        _kernels()[0]._fwd_par_kernel[grid](*args, **meta, **options)
-        if save:
-            ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, h0, ckpt)
-        ctx.cfg = cfg
-        return y, last
-
-    @staticmethod
-    def backward(ctx, dy, dlast):
-        u, delta, A, B, C, D, z, delta_bias, h0, ckpt = ctx.saved_tensors
-        cfg: _ChunkConfig = ctx.cfg
-        M, Bt, Dd, L = u.shape
-        N = A.shape[-1]
-        chains = M // cfg.n_mod
-        n_dblk = triton_cdiv(Dd, cfg.par_bd)
-        atomic = n_dblk > 1
-        du, ddelta, dz, dB, dC, dA, dD, dbias = _grad_buffers(
-            u, delta, B, C, z, D, delta_bias, N, atomic, torch.zeros, ckpt.dtype)
-        dh0 = torch.empty_like(h0) if h0 is not None else None
-        carry = torch.empty(chains, Bt, Dd, N, device=u.device, dtype=ckpt.dtype)
-        args, meta, options = _par_fwd_launch(u, delta, A, B, C, D, z, delta_bias, h0, u, u,
-                                              carry, ckpt, cfg, True)
-        opt = _opt(u)
-        args = [u, delta, A, B, C, opt(D), opt(z), opt(delta_bias), ckpt, dy.contiguous(),
-                opt(None if dlast is None else dlast.contiguous()),
-                *map(opt, (du, ddelta, dz, dB, dC, dA, dD, dbias, dh0)), carry, *args[-5:]]
-        meta.pop("SAVE")
-        meta.update(HAS_H0=dh0 is not None, HAS_DLAST=dlast is not None, ATOMIC_BC=atomic)
-        _kernels()[0]._bwd_par_kernel[(n_dblk, Bt, chains)](*args, **meta, **options)
+        grads = (du, ddelta, dz, dB, dC, dA, dD, dbias, dh0)
+        if ctx.par:
+            carry = torch.empty(chains, Bt, Dd, N, device=u.device, dtype=ct)
+            meta, options = _par_meta(u, B, D, z, delta_bias, h0, ct, cfg)
+            opt = _opt(u)
+            _kernels()[0]._bwd_par_kernel[(n_dblk, Bt, chains)](
+                u, delta, A, B, C, *opt(D, z, delta_bias), ckpt, dy, *opt(dlast, *grads), carry,
+                Bt, Dd, N, L, cfg.weight, **meta, HAS_DLAST=dlast is not None,
+                ATOMIC_BC=atomic, **options)
+        else:
+            args, meta = _chunk_bwd_launch(u, delta, A, B, C, D, z, delta_bias, ckpt, dy, dlast,
+                                           grads, cfg, atomic)
+            _kernels()[0]._bwd_chunk_kernel[(n_dblk, Bt, chains)](
+                *args, **meta, **_launch_options(cfg))
         return (
             du, ddelta, dA.sum(0).to(A.dtype), dB.to(B.dtype), dC.to(C.dtype),
             None if D is None else dD.sum(0).to(D.dtype), dz,
@@ -576,9 +545,10 @@ def _chunked(u, delta, A, B, C, D, z, delta_bias, delta_softplus, cp, initial_st
              return_last_state, block_d, block_d_bwd, num_warps, time_block, time_block_bwd,
              parallel=False, parallel_backward=None):
     """coupled_selective_scan_triton's chunked and parallel variants (a resolved coupling
-    ``cp``). The parallel one differs only in its forward without autograd; under autograd both
-    run the chunked forward (it stores the checkpoints) and backward. Its ``time_block`` and
-    ``block_d`` set that forward's tiling; the chunked forward under autograd keeps its own."""
+    ``cp``). The parallel one runs its own forward without autograd; under autograd the chunked
+    forward and backward, unless ``parallel_backward`` (default PAR_BACKWARD) asks for the
+    parallel pair. Its ``time_block`` and ``block_d`` set the parallel kernels' tiling; the
+    chunked forward under autograd keeps its own."""
     if cp.kind == "general":
         name = "parallel" if parallel else "chunked"
         raise ValueError(f"variant={name!r} supports the couplings 'none', 'mean', 'sum' (rank "
@@ -614,11 +584,9 @@ def _chunked(u, delta, A, B, C, D, z, delta_bias, delta_softplus, cp, initial_st
     def c(x):
         return None if x is None else x.contiguous()
 
-    inputs = (c(u), c(delta), c(A), c(B), c(C), c(D), c(z), c(delta_bias), c(initial_state))
-    needs_grad = cfg.grad and any(x is not None and x.requires_grad for x in inputs)
-    fn = (_CoupledScanTritonParallel if parallel and (cfg.par_bwd or not needs_grad)
-          else _CoupledScanTritonChunked)
-    y, last = fn.apply(*inputs, cfg)
+    y, last = _CoupledScanTritonChunked.apply(
+        c(u), c(delta), c(A), c(B), c(C), c(D), c(z), c(delta_bias), c(initial_state), cfg
+    )
     return (y, last) if return_last_state else y
 
 

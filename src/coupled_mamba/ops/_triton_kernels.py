@@ -652,7 +652,8 @@ def _bwd_chunk_kernel(
 
 
 # ---------------------------------------------------------------------------------------------
-# Time-parallel forward (variant "parallel"; couplings "none", "mean", "sum"; no checkpoints).
+# Time-parallel kernels (variant "parallel"; couplings "none", "mean", "sum"): the forward, and a
+# backward in the same layout (opt-in, parallel_backward=True).
 #
 # The chunked kernel keeps T steps inside each thread and spreads the (n, d) pairs over the
 # threads, so every chunk ends in a cross-thread reduction over n for y, and a program covers only
@@ -701,8 +702,43 @@ def _par_program(Bt, Dd, N, L, NM: tl.constexpr, NMP: tl.constexpr, BD: tl.const
             m * Bt * N * L,  # off_bc (NMP, 1, 1)
             (b * Dd + d0) * N,  # base_state: states (M, Bt, D, N)
             (m * Bt * Dd + dl) * N,  # off_state (NMP, BD, 1)
-            ((k * Bt + b) * Dd + d3) * N,  # off_carry (1, BD, 1): carries, checkpoints
+            ((k * Bt + b) * Dd + d3) * N,  # off_carry (1, BD, 1): carries (chains, Bt, D, N)
             (m * Dd + d3) * N)  # off_a: A (M, D, N)
+
+
+@triton.jit
+def _par_param(ptr, m, d3, Dd, mask_md, PRESENT: tl.constexpr, NMP: tl.constexpr,
+               BD: tl.constexpr, CT: tl.constexpr):
+    """A per-channel parameter (M, D) (delta_bias, D) as an (NMP, BD, 1) tile; zeros if absent."""
+    x = tl.zeros((NMP, BD, 1), dtype=CT)
+    if PRESENT:
+        x += tl.load(ptr + m * Dd + d3, mask=mask_md, other=0.0).to(CT)
+    return x
+
+
+@triton.jit
+def _par_rows(u_ptr, delta_ptr, at, mask, bias, SOFTPLUS: tl.constexpr, CT: tl.constexpr):
+    """A block's u, dt = softplus(delta + bias), d softplus and dt u, (NMP, BD, TT) each."""
+    u = tl.load(u_ptr + at, mask=mask, other=0.0).to(CT)
+    x = tl.load(delta_ptr + at, mask=mask, other=0.0).to(CT) + bias
+    dt, dsp = _softplus(x, SOFTPLUS)
+    return u, dt, dsp, dt * u
+
+
+@triton.jit
+def _par_state_n(A_ptr, B_ptr, C_ptr, off_a, base_bc, off_bc, n, L, t, mask_md, mask_mt,
+                 CT: tl.constexpr):
+    """State index n of a block: A[m, d, n] (NMP, BD, 1), B[m, n, t] and C[m, n, t] (NMP, 1, TT)."""
+    at = (base_bc + n * L) + (off_bc + t)
+    return (tl.load(A_ptr + off_a + n, mask=mask_md, other=0.0).to(CT),
+            tl.load(B_ptr + at, mask=mask_mt, other=0.0).to(CT),
+            tl.load(C_ptr + at, mask=mask_mt, other=0.0).to(CT))
+
+
+@triton.jit
+def _par_ckpt(c, k, b, d3, Bt, Dd, N, CHAINS: tl.constexpr):
+    """Offset of the chain state before block c in a checkpoint (n_blocks, chains, Bt, D, N)."""
+    return (((c * CHAINS + k) * Bt + b) * Dd + d3) * N
 
 
 @triton.jit(do_not_specialize=_RUNTIME)
@@ -720,9 +756,8 @@ def _fwd_par_kernel(
     elements or more."""
     (b, k, m, mask_m, d3, mask_md, mask_d, base_row, row, base_bc, off_bc, base_state,
      off_state, off_carry, off_a) = _par_program(Bt, Dd, N, L, NM, NMP, BD, IDX64)
-    bias = tl.zeros((NMP, BD, 1), dtype=CT)
-    if HAS_BIAS:
-        bias += tl.load(bias_ptr + m * Dd + d3, mask=mask_md, other=0.0).to(CT)
+    bias = _par_param(bias_ptr, m, d3, Dd, mask_md, HAS_BIAS, NMP, BD, CT)
+    Dv = _par_param(D_ptr, m, d3, Dd, mask_md, HAS_D, NMP, BD, CT)
     w = (tl.zeros((1, 1, 1), dtype=CT) + w_rank1) / NM
     tt = tl.arange(0, TT)[None, None, :]
     n_blocks = tl.cdiv(L, TT)
@@ -730,13 +765,9 @@ def _fwd_par_kernel(
         t = c * TT + tt
         valid = t < L  # (1, 1, TT)
         mtd = mask_md & valid
-        u = tl.load(u_ptr + base_row + row + t, mask=mtd, other=0.0).to(CT)
-        x = tl.load(delta_ptr + base_row + row + t, mask=mtd, other=0.0).to(CT) + bias
-        dt, _ = _softplus(x, SOFTPLUS)
-        dtu = dt * u
-        y = tl.zeros((NMP, BD, TT), dtype=CT)
-        if HAS_D:
-            y += tl.load(D_ptr + m * Dd + d3, mask=mask_md, other=0.0).to(CT) * u
+        at = base_row + row + t
+        u, dt, _, dtu = _par_rows(u_ptr, delta_ptr, at, mtd, bias, SOFTPLUS, CT)
+        y = Dv * u
         is_end = (t == c * TT + TT - 1) & mask_d  # where the carry is read off
         is_last = (t == L - 1) & mask_md
         # (1, BD, 1) tiles: and-ing a 0-d bool into a mask breaks Triton 3.9's interpreter
@@ -757,13 +788,10 @@ def _fwd_par_kernel(
                 xc = tl.zeros((1, BD, 1), dtype=CT)
             xc += tl.load(carry_ptr + off_carry + n, mask=mask_d & later, other=0.0)
             if SAVE:
-                tl.store(ckpt_ptr + (((c * (M // NM) + k) * Bt + b) * Dd + d3) * N + n, xc,
+                tl.store(ckpt_ptr + _par_ckpt(c, k, b, d3, Bt, Dd, N, M // NM) + n, xc,
                          mask=mask_d)
-            A = tl.load(A_ptr + off_a + n, mask=mask_md, other=0.0).to(CT)
-            Bn = tl.load(B_ptr + (base_bc + n * L) + (off_bc + t), mask=mask_m & valid,
-                         other=0.0).to(CT)
-            Cn = tl.load(C_ptr + (base_bc + n * L) + (off_bc + t), mask=mask_m & valid,
-                         other=0.0).to(CT)
+            A, Bn, Cn = _par_state_n(A_ptr, B_ptr, C_ptr, off_a, base_bc, off_bc, n, L, t,
+                                     mask_md, mask_m & valid, CT)
             Abar = tl.exp(dt * A)
             bbar = dtu * Bn
             if NM == 1:
@@ -787,9 +815,9 @@ def _fwd_par_kernel(
                 tl.store(last_ptr + (base_state + n) + to_last, h.to(last_ptr.dtype.element_ty),
                          mask=is_last)
         if HAS_Z:
-            zz = tl.load(z_ptr + base_row + row + t, mask=mtd, other=0.0).to(CT)
+            zz = tl.load(z_ptr + at, mask=mtd, other=0.0).to(CT)
             y = y * zz * tl.sigmoid(zz)
-        tl.store(y_ptr + base_row + row + t, y.to(y_ptr.dtype.element_ty), mask=mtd)
+        tl.store(y_ptr + at, y.to(y_ptr.dtype.element_ty), mask=mtd)
 
 
 @triton.jit(do_not_specialize=_RUNTIME)
@@ -818,12 +846,8 @@ def _bwd_par_kernel(
     (b, k, m, mask_m, d3, mask_md, mask_d, base_row, row, base_bc, off_bc, base_state,
      off_state, off_carry, off_a) = _par_program(Bt, Dd, N, L, NM, NMP, BD, IDX64)
     off_part = ((b * M + m) * Dd + d3)  # (NMP, BD, 1): this program's partial-sum slots
-    bias = tl.zeros((NMP, BD, 1), dtype=CT)
-    if HAS_BIAS:
-        bias += tl.load(bias_ptr + m * Dd + d3, mask=mask_md, other=0.0).to(CT)
-    Dv = tl.zeros((NMP, BD, 1), dtype=CT)
-    if HAS_D:
-        Dv += tl.load(D_ptr + m * Dd + d3, mask=mask_md, other=0.0).to(CT)
+    bias = _par_param(bias_ptr, m, d3, Dd, mask_md, HAS_BIAS, NMP, BD, CT)
+    Dv = _par_param(D_ptr, m, d3, Dd, mask_md, HAS_D, NMP, BD, CT)
     w = tl.zeros((1, 1, 1), dtype=CT) + w_rank1  # rank one: w; "none": 1
     tt = tl.arange(0, TT)[None, None, :]
     n_blocks = tl.cdiv(L, TT)
@@ -833,10 +857,7 @@ def _bwd_par_kernel(
         valid = t < L  # (1, 1, TT)
         mtd = mask_md & valid
         at = base_row + row + t
-        u = tl.load(u_ptr + at, mask=mtd, other=0.0).to(CT)
-        x = tl.load(delta_ptr + at, mask=mtd, other=0.0).to(CT) + bias
-        dt, dsp = _softplus(x, SOFTPLUS)
-        dtu = dt * u
+        u, dt, dsp, dtu = _par_rows(u_ptr, delta_ptr, at, mtd, bias, SOFTPLUS, CT)
         dy = tl.load(dy_ptr + at, mask=mtd, other=0.0).to(CT)
         if HAS_Z:
             zz = tl.load(z_ptr + at, mask=mtd, other=0.0).to(CT)
@@ -857,13 +878,10 @@ def _bwd_par_kernel(
         one = tl.full((1, BD, TT), 1.0, CT)
         tl.debug_barrier()  # the carries were written by another thread in the block after
         for n in range(0, N):
-            xc = tl.load(ckpt_ptr + (((c * (M // NM) + k) * Bt + b) * Dd + d3) * N + n,
-                         mask=mask_d, other=0.0)
-            A = tl.load(A_ptr + off_a + n, mask=mask_md, other=0.0).to(CT)
-            Bn = tl.load(B_ptr + (base_bc + n * L) + (off_bc + t), mask=mask_m & valid,
-                         other=0.0).to(CT)
-            Cn = tl.load(C_ptr + (base_bc + n * L) + (off_bc + t), mask=mask_m & valid,
-                         other=0.0).to(CT)
+            xc = tl.load(ckpt_ptr + _par_ckpt(c, k, b, d3, Bt, Dd, N, M // NM) + n, mask=mask_d,
+                         other=0.0)
+            A, Bn, Cn = _par_state_n(A_ptr, B_ptr, C_ptr, off_a, base_bc, off_bc, n, L, t,
+                                     mask_md, mask_m & valid, CT)
             Abar = tl.where(mask_m, tl.exp(dt * A), 0.0)
             bbar = dtu * Bn
             # Forward again: x[t - 1] and h_m[t].
@@ -888,7 +906,7 @@ def _bwd_par_kernel(
                      mask=at_start)
             if HAS_H0:
                 tl.store(dh0_ptr + (base_state + n) + to_state,
-                         (mu_first / NM + 0.0 * h).to(dh0_ptr.dtype.element_ty),
+                         tl.broadcast_to(mu_first / NM, h.shape).to(dh0_ptr.dtype.element_ty),
                          mask=mask_md & at_start & first)
             g = e + mu_next / NM  # dL/dh_m[t]
             dtA = tl.where(valid, g * w * xprev * Abar, 0.0)  # dL/d(dt A); 0 past L
