@@ -95,7 +95,7 @@ def test_chunk_boundaries(L, make_scan_inputs):
             _assert_matches_ref(kw, coupling, torch.float64)
 
 
-@pytest.mark.parametrize("L", [1, 21, 50])
+@pytest.mark.parametrize("L", [1, 9, 21, 50])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["fp64", "fp32"])
 def test_short_sequences_over_several_flat_blocks(L, dtype, make_scan_inputs, restore_isa):
     """L <= 64 takes the flat pointwise passes over blocks of 4096 // L channels: two blocks here,

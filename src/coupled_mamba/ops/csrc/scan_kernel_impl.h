@@ -26,7 +26,7 @@
 //   for a whole chunk at once (a transpose-and-add), not one horizontal sum per step.
 // - Pointwise work (softplus, dt u, the gate) runs per (m, b, d) chunk row, except in the
 //   forward of a sequence of one chunk (L <= T, rank one and "none"): there it runs over flat
-//   arrays of many channels at once (flat_prep, flat_finish).
+//   arrays of many channels at once (flat_prep).
 
 #ifndef SCAN_NS
 #error "define SCAN_NS, SCAN_VBYTES and SCAN_ISA_NAME before including scan_kernel_impl.h"
@@ -72,6 +72,26 @@ template <typename V, typename S> static inline void st(S* p, V v) {
   __builtin_memcpy(p, &v, sizeof(V));
 }
 template <typename V, typename S> static inline void add_to(S* p, V v) { st(p, ld<V>(p) + v); }
+// The first k < W elements: loaded with the rest zero, or stored without touching the rest (a
+// masked load/store with AVX-512, which also never faults past k).
+template <typename V, typename S> static inline V ld_n(const S* p, int64_t k) {
+#if SCAN_VBYTES == 64
+  if (sizeof(S) == 4) return (V)_mm512_maskz_loadu_ps((__mmask16)((1u << k) - 1), p);
+  return (V)_mm512_maskz_loadu_pd((__mmask8)((1u << k) - 1), p);
+#else
+  V v = {};
+  __builtin_memcpy(&v, p, k * sizeof(S));
+  return v;
+#endif
+}
+template <typename V, typename S> static inline void st_n(S* p, V v, int64_t k) {
+#if SCAN_VBYTES == 64
+  if (sizeof(S) == 4) _mm512_mask_storeu_ps(p, (__mmask16)((1u << k) - 1), (__m512)v);
+  else _mm512_mask_storeu_pd(p, (__mmask8)((1u << k) - 1), (__m512d)v);
+#else
+  __builtin_memcpy(p, &v, k * sizeof(S));
+#endif
+}
 // Broadcast of *p straight from memory (a load-port broadcast, no shuffle).
 template <typename V, typename S> static inline V bcl(const S* p) {
 #if SCAN_VBYTES == 64
@@ -121,26 +141,38 @@ template <typename T> static inline void reduce_rows(const T* acc, int64_t R, T*
   for (int64_t r = 0; r < R; ++r) out[r] = hsum(ld<V>(acc + r * W));
 }
 #if SCAN_VBYTES == 64
-// 16 rows of 16 floats -> 16 sums in 46 shuffles/adds (a transpose folded into the additions)
-// instead of 16 horizontal sums of ~9 dependent operations each.
+// 16 rows of 16 floats -> 16 sums, a transpose folded into the additions. Four levels each halve
+// the partial sums per row. For a pair of vectors (p, q) at level s (8, 4, 2, 1), lane i keeps
+// p's partial where bit s of i is clear and q's where it is set, and adds the partial of its
+// partner lane i ^ s from the same vector: x = blend(p, q), y = the partners (one two-source
+// permute), x + y. That is 15 permutes, 15 blends and 15 adds per 16 rows; only the permutes
+// need the shuffle port, where two shuffles per pair (31 per 16 rows, the earlier version) made
+// the shuffle port the bottleneck (~15% of an N = 16, L = 50 forward). After the four levels lane
+// i holds the row loaded at position bitreverse(i), so the rows are loaded in bit-reversed order
+// and lane i ends with row i.
 template <> inline void reduce_rows<float>(const float* acc, int64_t R, float* out) {
-  const __m512i perm = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+  // partner indices (p's lanes 0-15, q's 16-31) of the levels that shufps/shuf_f32x4 cannot do
+  const __m512i by4 = _mm512_setr_epi32(4, 5, 6, 7, 16, 17, 18, 19, 12, 13, 14, 15, 24, 25, 26, 27);
+  const __m512i by1 = _mm512_setr_epi32(1, 16, 3, 18, 5, 20, 7, 22, 9, 24, 11, 26, 13, 28, 15, 30);
+  static const int rev[16] = {0, 8, 4, 12, 2, 10, 6, 14, 1, 9, 5, 13, 3, 11, 7, 15};
   for (int64_t r0 = 0; r0 < R; r0 += 16) {
     const float* a = acc + r0 * 16;
     __m512 w[8], x[4], y[2];
-    for (int k = 0; k < 8; ++k) {  // rows 2k, 2k+1 -> 8 partial sums each (256-bit halves)
-      __m512 v0 = _mm512_loadu_ps(a + (2 * k) * 16), v1 = _mm512_loadu_ps(a + (2 * k + 1) * 16);
-      w[k] = _mm512_add_ps(_mm512_shuffle_f32x4(v0, v1, 0x44), _mm512_shuffle_f32x4(v0, v1, 0xEE));
+    for (int k = 0; k < 8; ++k) {  // s = 8: 256-bit halves
+      const __m512 p = _mm512_loadu_ps(a + rev[2 * k] * 16), q = _mm512_loadu_ps(a + rev[2 * k + 1] * 16);
+      w[k] = _mm512_add_ps(_mm512_mask_blend_ps(0xFF00, p, q), _mm512_shuffle_f32x4(p, q, 0x4E));
     }
-    for (int k = 0; k < 4; ++k)  // 4 rows x 4 partial sums (128-bit quarters)
-      x[k] = _mm512_add_ps(_mm512_shuffle_f32x4(w[2 * k], w[2 * k + 1], 0x88),
-                           _mm512_shuffle_f32x4(w[2 * k], w[2 * k + 1], 0xDD));
-    for (int k = 0; k < 2; ++k)  // within quarters: 2 partial sums per row
-      y[k] = _mm512_add_ps(_mm512_shuffle_ps(x[2 * k], x[2 * k + 1], 0x44),
-                           _mm512_shuffle_ps(x[2 * k], x[2 * k + 1], 0xEE));
-    __m512 s = _mm512_add_ps(_mm512_shuffle_ps(y[0], y[1], 0x88), _mm512_shuffle_ps(y[0], y[1], 0xDD));
-    // Lane 4q + e now holds row 4e + q.
-    _mm512_storeu_ps(out + r0, _mm512_permutexvar_ps(perm, s));
+    for (int k = 0; k < 4; ++k) {  // s = 4: 128-bit quarters
+      const __m512 p = w[2 * k], q = w[2 * k + 1];
+      x[k] = _mm512_add_ps(_mm512_mask_blend_ps(0xF0F0, p, q), _mm512_permutex2var_ps(p, by4, q));
+    }
+    for (int k = 0; k < 2; ++k) {  // s = 2: pairs within quarters
+      const __m512 p = x[2 * k], q = x[2 * k + 1];
+      y[k] = _mm512_add_ps(_mm512_mask_blend_ps(0xCCCC, p, q), _mm512_shuffle_ps(p, q, 0x4E));
+    }
+    const __m512 s = _mm512_add_ps(_mm512_mask_blend_ps(0xAAAA, y[0], y[1]),
+                                   _mm512_permutex2var_ps(y[0], by1, y[1]));  // s = 1
+    _mm512_storeu_ps(out + r0, s);
   }
 }
 #endif
@@ -252,7 +284,8 @@ template <typename V> static inline V vexp(V x) {
   return vexp2(x * (__typeof__(x[0]))kLog2e);
 }
 
-// 1 / x for x in [1, 2] (all our uses): AVX-512 refines rcp14 once (error ~1e-8).
+// 1 / x for x whose reciprocal is a normal number: AVX-512 refines rcp14 (relative error below
+// 2^-14 whatever the exponent) once (error ~1e-8).
 static inline VF vrcp12(VF x) {
 #if SCAN_VBYTES == 64
   const VF r = (VF)_mm512_rcp14_ps((__m512)x);
@@ -272,6 +305,20 @@ template <typename V> static inline V vsigmoid(V x) {
   const V e = vexp(-vabs(x));
   const V inv = vrcp12(e + E(1));
   return x >= E(0) ? inv : e * inv;
+}
+
+// silu(x) = x / (1 + exp(-x)), for the forward's gate: three operations fewer than
+// x vsigmoid(x) (no |x|, no select). exp(-x) is capped at exp(87) in float (exp(700) in double)
+// so that 1 + exp(-x) stays finite and its reciprocal normal: below x = -87 the result is
+// x 1.6e-38 rather than x exp(x), both below 2e-36 in magnitude (double: below -700, 1e-304);
+// -inf gives -inf (torch: NaN).
+static inline VF vsilu(VF x) {
+  const VF nx = -x;
+  return x * vrcp12(vexp(nx < 87.0f ? nx : bc<VF>(87.0f)) + 1.0f);
+}
+static inline VD vsilu(VD x) {
+  const VD nx = -x;
+  return x / (vexp(nx < 700.0 ? nx : bc<VD>(700.0)) + 1.0);
 }
 
 // log(u) for u in [1, 2^1024) (double): u = 2^k m, m in [sqrt(1/2), sqrt(2)), log m = 2 atanh(s)
@@ -315,7 +362,8 @@ static inline VD vlog1p01(VD y) {
 
 // torch's softplus (beta 1, threshold 20): x > 20 ? x : log1p(exp(x)), computed as
 // max(x, 0) + log1p(exp(-|x|)) (no overflow). grad_factor receives torch's backward factor:
-// 1 above the threshold, else sigmoid(x).
+// 1 above the threshold, else sigmoid(x). In float the threshold needs no select: above 20,
+// log1p(exp(-x)) < 2.1e-9 is less than half an ulp of x (9.5e-7), so the sum rounds to x.
 template <typename V> static inline V vsoftplus(V x, V* grad_factor) {
   typedef __typeof__(x[0]) E;
   const V y = vexp(-vabs(x));
@@ -326,6 +374,7 @@ template <typename V> static inline V vsoftplus(V x, V* grad_factor) {
     const V inv = vrcp12(y + E(1));
     *grad_factor = over ? bc<V>(E(1)) : (x >= E(0) ? inv : y * inv);
   }
+  if (sizeof(E) == 4) return sp;
   return over ? x : sp;
 }
 
@@ -525,14 +574,16 @@ static void finish_rows_fwd(const Ctx<T>& c, Rows<T>& r, int64_t m, int64_t b, i
 // contiguous in u, delta, z, y, so the pointwise work of a block of channels runs over one flat
 // array of (d1 - d0) L elements: a 50-step row costs 50 elements of softplus and sigmoid rather
 // than a padded 64, and no row is copied, padded or handled by a call of its own. The main loop
-// reads dt, dt u from these arrays and reduces its sums over n into ys; flat_finish writes y.
+// reads dt, dt u from these arrays; each row's y is written as soon as its sums over n are
+// reduced (flat_finish_row).
 template <typename T> struct Flat {
-  T *dt, *dtu, *sz, *ys;  // dt, dt u, silu(z), sum_n C h: (d1 - d0) L elements each (+ slack)
+  T *dt, *dtu, *sz;  // dt, dt u, silu(z): (d1 - d0) L elements each (+ slack)
 };
 // Channels per flat block, and the elements of one flat array: kFlatElems plus a vector of slack
-// (the last vector and reduce_rows_n's last group may pass the block's end).
+// (the last vector may pass the block's end).
 constexpr int64_t kFlatElems = 4096;
 constexpr int64_t kFlatArray = kFlatElems + kMaxLanes;
+constexpr int kFlatArrays = 3;  // per modality
 static inline int64_t flat_channels(int64_t L) { return L >= kFlatElems ? 1 : kFlatElems / L; }
 // Whether the forward takes the flat passes: rank-one and diagonal kernels, one chunk per row.
 static inline bool uses_flat(const ScanArgs& a) {
@@ -540,15 +591,13 @@ static inline bool uses_flat(const ScanArgs& a) {
 }
 
 template <typename T> static inline Flat<T> flat_at(T* base, int64_t mi) {
-  T* p = base + mi * 4 * kFlatArray;
-  return Flat<T>{p, p + kFlatArray, p + 2 * kFlatArray, p + 3 * kFlatArray};
+  T* p = base + mi * kFlatArrays * kFlatArray;
+  return Flat<T>{p, p + kFlatArray, p + 2 * kFlatArray};
 }
 
-// p, or the k < W remaining elements of p copied into tmp and padded with zeros.
-template <typename T> static inline const T* tail_or(const T* p, int64_t k, T* tmp) {
-  if (k >= VT<T>::W) return p;
-  for (int64_t j = 0; j < VT<T>::W; ++j) tmp[j] = j < k ? p[j] : T(0);
-  return tmp;
+// A full vector at p, or the k < W elements left there (the rest zero).
+template <typename V, typename T> static inline V ld_or_n(const T* p, int64_t k) {
+  return k >= VT<T>::W ? ld<V>(p) : ld_n<V>(p, k);
 }
 
 // dt = softplus(delta + bias), dt u and silu(z) of channels [d0, d1) of (m, b).
@@ -559,52 +608,57 @@ static void flat_prep(const Ctx<T>& c, int64_t m, int64_t b, int64_t d0, int64_t
   const int W = VT<T>::W;
   const int64_t L = c.L, n = (d1 - d0) * L, off = c.row(m, b, d0);
   const T* x = c.delta + off;
-  if (c.bias) {  // the bias is per channel: add it row by row, into f.dt
-    for (int64_t d = d0; d < d1; ++d) {
-      const T bias = c.bias[m * c.D + d];
-      const T* s = x + (d - d0) * L;
-      T* o = f.dt + (d - d0) * L;
-      int64_t j = 0;
-      for (; j + W <= L; j += W) st(o + j, ld<V>(s + j) + bias);
-      for (; j < L; ++j) o[j] = s[j] + bias;
-    }
+  const T* bias = c.bias ? c.bias + m * c.D + d0 : nullptr;  // per channel
+  if (bias && L < W) {  // several rows per vector: add the bias row by row, into f.dt
+    for (int64_t d = 0; d < d1 - d0; ++d)
+      for (int64_t j = 0; j < L; ++j) f.dt[d * L + j] = x[d * L + j] + bias[d];
     x = f.dt;  // then softplus in place
+    bias = nullptr;
   }
-  alignas(64) T tmp[3][kMaxLanes];
+  V lane;
+  for (int j = 0; j < W; ++j) lane[j] = T(j);
+  // With L >= W a vector spans at most two rows: dr (the row of element i) and the next one.
+  int64_t dr = 0, row_end = L;
   for (int64_t i = 0; i < n; i += W) {
     const int64_t k = n - i;
-    V dt = ld<V>(tail_or(x + i, k, tmp[0]));
+    V dt = ld_or_n<V>(x + i, k);
+    if (bias) {
+      if (i >= row_end) {
+        ++dr;
+        row_end += L;
+      }
+      const T b0 = bias[dr], b1 = d0 + dr + 1 < d1 ? bias[dr + 1] : b0;
+      dt += lane < T(row_end - i) ? bc<V>(b0) : bc<V>(b1);
+    }
     if (c.a.softplus) dt = vsoftplus(dt, (V*)nullptr);
     st(f.dt + i, dt);
-    st(f.dtu + i, dt * ld<V>(tail_or(c.u + off + i, k, tmp[1])));
+    st(f.dtu + i, dt * ld_or_n<V>(c.u + off + i, k));
     if (c.z) {
-      const V zv = ld<V>(tail_or(c.z + off + i, k, tmp[2]));
-      st(f.sz + i, zv * vsigmoid(zv));
+      const V zv = ld_or_n<V>(c.z + off + i, k);
+      st(f.sz + i, vsilu(zv));
     }
   }
 }
 
-// y = (ys + D u) silu(z) for channels [d0, d1) of (m, b), row by row (D is per channel).
+// y = (ys + D u) silu(z) for the row of channel d of (m, b), from its sums over n (ys, just
+// reduced and still in L1: a separate pass over the whole flat block afterwards cost about 5% of
+// an N = 16, L = 50 call) and its silu(z) in the flat array (sz).
 template <typename T>
-static void flat_finish(const Ctx<T>& c, int64_t m, int64_t b, int64_t d0, int64_t d1,
-                        const Flat<T>& f) {
+static inline void flat_finish_row(const Ctx<T>& c, int64_t m, int64_t b, int64_t d,
+                                   const T* ys, const T* sz) {
   typedef typename VT<T>::V V;
   const int W = VT<T>::W;
-  const int64_t L = c.L;
-  for (int64_t d = d0; d < d1; ++d) {
-    const T Dm = c.Dskip ? c.Dskip[m * c.D + d] : T(0);
-    const int64_t off = c.row(m, b, d), fo = (d - d0) * L;
-    const T *u = c.u + off, *ys = f.ys + fo, *sz = f.sz + fo;
-    T* y = c.y + off;
-    int64_t j = 0;
-    for (; j + W <= L; j += W) {
-      V yv = ld<V>(ys + j) + Dm * ld<V>(u + j);
-      st(y + j, c.z ? yv * ld<V>(sz + j) : yv);
-    }
-    for (; j < L; ++j) {
-      const T yv = ys[j] + Dm * u[j];
-      y[j] = c.z ? yv * sz[j] : yv;
-    }
+  const int64_t L = c.L, off = c.row(m, b, d);
+  const T Dm = c.Dskip ? c.Dskip[m * c.D + d] : T(0);
+  const T* u = c.u + off;
+  T* y = c.y + off;
+  // ys holds rows_used(L) elements and sz has a vector of slack: full loads stay inside both.
+  for (int64_t j = 0; j < L; j += W) {
+    const int64_t k = L - j;
+    V yv = ld<V>(ys + j) + Dm * ld_or_n<V>(u + j, k);
+    if (c.z) yv = yv * ld<V>(sz + j);
+    if (k >= W) st(y + j, yv);
+    else st_n(y + j, yv, k);
   }
 }
 
@@ -678,13 +732,13 @@ static int64_t scratch_layout(const ScanArgs& a, bool backward, int64_t* rows_of
   off += round_up(a.M * kRowsPerM * a.T, 16);
   *buf_off = off;
   // forward: G, h staging and packed A (M Np each), packed B/C block, flat arrays of a short
-  // sequence (rank-one and diagonal kernels: 4 per modality);
+  // sequence (rank-one and diagonal kernels: kFlatArrays per modality);
   // backward: states (T + 1) x S, Abar T x M x Np, dlast staging, packed A and dA (M Np each),
   // dW accumulators (M M lanes), packed B/C and dB/dC blocks.
   const int64_t buf = backward ? (a.T + 1) * S + a.T * a.M * a.Np + 4 * a.M * a.Np +
                                      a.M * a.M * kMaxLanes + 2 * packed_block_elems(a)
                                : 3 * a.M * a.Np + packed_block_elems(a) +
-                                     (uses_flat(a) ? 4 * a.M * kFlatArray : 0);
+                                     (uses_flat(a) ? kFlatArrays * a.M * kFlatArray : 0);
   return off + round_up(buf, 16);
 }
 
@@ -906,8 +960,12 @@ static void fwd_rank1(const Ctx<T>& c, const TaskRange& r, int64_t b, int64_t m0
           for (int mi = 0; mi < MG; ++mi) st(rw[mi].acc_y + j * W, acc[mi]);
         }
         for (int mi = 0; mi < MG; ++mi) {
-          if (flat) reduce_rows_n(rw[mi].acc_y, Tc, fl[mi].ys + (d - fd0) * L);
-          else finish_rows_fwd(c, rw[mi], m0 + mi, b, d, t0, Tc);
+          if (flat) {
+            reduce_rows_n(rw[mi].acc_y, Tc, rw[mi].ys);
+            flat_finish_row(c, m0 + mi, b, d, rw[mi].ys, fl[mi].sz + (d - fd0) * L);
+          } else {
+            finish_rows_fwd(c, rw[mi], m0 + mi, b, d, t0, Tc);
+          }
         }
         if (t0 + Tc == L && c.last) {
           // Last state per modality (when asked for): the carry itself (diagonal, or one
@@ -928,8 +986,6 @@ static void fwd_rank1(const Ctx<T>& c, const TaskRange& r, int64_t b, int64_t m0
           }
         }
       }
-      if (flat && d + 1 == fd1)
-        for (int mi = 0; mi < MG; ++mi) flat_finish(c, m0 + mi, b, fd0, fd1, fl[mi]);
     }
   }
 }
