@@ -26,10 +26,65 @@ def kw(make_scan_inputs):
         ("initial_state", (3, 2, 5, 3), r"initial_state: got shape \(3, 2, 5, 3\), expected"),
     ],
 )
-def test_wrong_shapes_name_argument(kw, name, bad, pattern):
+@pytest.mark.parametrize("impl", ["ref", "auto"])  # "auto" on CPU: the compiled fast path
+def test_wrong_shapes_name_argument(kw, name, bad, pattern, impl):
     kw[name] = torch.randn(*bad, dtype=torch.float64)
     with pytest.raises(ValueError, match=pattern):
-        coupled_selective_scan(**kw, impl="ref")
+        coupled_selective_scan(**kw, impl=impl)
+
+
+_BAD_FOR_KERNEL = {
+    **{name: (name, torch.randn(*bad, dtype=torch.float64))
+       for name, bad in [("delta", (3, 2, 5, 6)), ("A", (3, 4, 4)), ("B", (3, 2, 3, 7)),
+                         ("C", (2, 2, 4, 7)), ("D", (3, 4)), ("z", (3, 2, 5, 8)),
+                         ("delta_bias", (5,)), ("initial_state", (3, 2, 5, 3))]},
+    "float32 B": ("B", None),
+    "meta delta": ("delta", None),
+    "L = 0": ("u", None),
+}
+
+
+@pytest.mark.parametrize("case", list(_BAD_FOR_KERNEL))
+def test_kernel_checks_what_the_fast_path_skips(kw, case):
+    """selective_scan.py's CPU fast path does not run the Python validation before the kernel:
+    the C++ side must reject every bad input itself (then Python raises the ValueError)."""
+    from coupled_mamba.ops import _cpu
+
+    ok, reason = _cpu.is_available()
+    if not ok:
+        pytest.skip(reason)
+    name, value = _BAD_FOR_KERNEL[case]
+    if case == "float32 B":
+        value = kw["B"].float()
+    elif case == "meta delta":
+        value = kw["delta"].to("meta")
+    elif case == "L = 0":
+        kw = {**kw, "delta": kw["delta"][..., :0], "B": kw["B"][..., :0], "C": kw["C"][..., :0],
+              "z": kw["z"][..., :0]}
+        value = kw["u"][..., :0]
+    kw = {**kw, name: value}
+    args = [kw[k] for k in ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")]
+    with pytest.raises(RuntimeError, match="coupled scan"):
+        _cpu.scan_compute_dtype(*args, True, "mean", kw.get("initial_state"), False)
+    with pytest.raises(ValueError):  # and the public call turns it into the documented error
+        coupled_selective_scan(**kw)
+
+
+def test_valid_cpu_call_skips_python_validation(kw, monkeypatch):
+    """The fast path really skips check_scan_inputs on a valid fp64 CPU call (and only then)."""
+    from coupled_mamba.ops import _cpu
+    from coupled_mamba.ops import selective_scan as dispatch
+
+    if not _cpu.is_available()[0]:
+        pytest.skip("no compiled CPU kernel")
+    calls = []
+    real = dispatch.check_scan_inputs
+    monkeypatch.setattr(dispatch, "check_scan_inputs", lambda *a: calls.append(1) or real(*a))
+    y = coupled_selective_scan(**kw, delta_softplus=True)
+    assert calls == []
+    y_ref = coupled_selective_scan(**kw, delta_softplus=True, impl="ref")
+    torch.testing.assert_close(y, y_ref)
+    assert calls == [1]
 
 
 def test_wrong_rank_of_u_and_A(kw):

@@ -179,14 +179,28 @@ def coupled_selective_scan_cpu(
     including initial_state and a tensor coupling.
     """
     out_dtype = u.dtype
-    work, (u, delta, A, B, C, D, z, delta_bias, initial_state) = to_compute_dtype(
+    _, (u, delta, A, B, C, D, z, delta_bias, initial_state) = to_compute_dtype(
         u, u, delta, A, B, C, D, z, delta_bias, initial_state
     )
+    out = scan_compute_dtype(u, delta, A, B, C, D, z, delta_bias, delta_softplus, coupling,
+                             initial_state, return_last_state)
+    if out_dtype == u.dtype:
+        return out
+    if return_last_state:
+        return out[0].to(out_dtype), out[1]
+    return out.to(out_dtype)
+
+
+def scan_compute_dtype(u, delta, A, B, C, D, z, delta_bias, delta_softplus, coupling,
+                       initial_state, return_last_state):
+    """:func:`coupled_selective_scan_cpu` for inputs that all have u's dtype, float32 or float64
+    (no casts). The C++ side checks every shape, device and dtype (RuntimeError otherwise); this
+    is the entry of selective_scan.py's fast path, which skips the Python validation."""
     M = u.shape[0]
     cp = resolve_coupling(coupling, M)
     W = None
     if cp.kind == "general":
-        W = cp.matrix.to(device=u.device, dtype=work)
+        W = cp.matrix.to(device=u.device, dtype=u.dtype)
         # An (M, M) tensor that happens to be diagonal or 11^T / M could take the cheaper
         # kernels, but its gradient must still reach every entry: keep the general form.
     mode = _MODES[cp.kind]
@@ -198,8 +212,6 @@ def coupled_selective_scan_cpu(
         # microseconds a call, which the streaming step with L = 1 pays every token).
         y, last, _ = _load().fwd(*args, mode, float(cp.weight), bool(delta_softplus), False,
                                  bool(return_last_state))
-    if y.dtype != out_dtype:
-        y = y.to(out_dtype)
     return (y, last) if return_last_state else y
 
 

@@ -25,6 +25,7 @@ from ._reference import coupled_selective_scan_ref
 from ._torch_scan import coupled_selective_scan_torch
 
 IMPLS = ("auto", "ref", "torch", "cpu", "triton")
+_FAST_DTYPES = (torch.float32, torch.float64)
 _warned: set[str] = set()
 
 
@@ -34,14 +35,27 @@ def _warn_once(key: str, message: str) -> None:
         warnings.warn(message, RuntimeWarning, stacklevel=4)
 
 
+_cpu_mod = None  # the _cpu module once imported (a function-level import costs ~1 us a call)
+
+
+def _cpu_module():
+    """(the _cpu module, None) if the compiled CPU kernel is usable, else (None, reason)."""
+    global _cpu_mod
+    mod = _cpu_mod
+    if mod is None:
+        try:
+            from . import _cpu as mod
+        except Exception as exc:  # pragma: no cover - depends on the machine
+            return None, f"cannot import the CPU kernel module ({exc})"
+        _cpu_mod = mod
+    ok, reason = mod.is_available()
+    return (mod, None) if ok else (None, reason)
+
+
 def _cpu_backend():
     """(function, None) if the compiled CPU kernel is usable, else (None, reason)."""
-    try:
-        from . import _cpu
-    except Exception as exc:  # pragma: no cover - depends on the machine
-        return None, f"cannot import the CPU kernel module ({exc})"
-    ok, reason = _cpu.is_available()
-    return (_cpu.coupled_selective_scan_cpu, None) if ok else (None, reason)
+    mod, reason = _cpu_module()
+    return (mod.coupled_selective_scan_cpu, None) if mod is not None else (None, reason)
 
 
 def _triton_backend():
@@ -137,6 +151,21 @@ def coupled_selective_scan(
     Raises:
         ValueError: a shape, device or dtype is wrong (the message names the argument).
     """
+    # Fast path: float32/float64 CPU tensors with the compiled kernel. The C++ side checks every
+    # shape, device and dtype itself, so the Python validation below (a few microseconds, which
+    # the streaming step with L = 1 pays on every token) runs only when a call fails, to raise
+    # the documented ValueError. Half inputs (casts) and tensor couplings take the full path.
+    if ((impl == "auto" or impl == "cpu") and isinstance(u, torch.Tensor) and u.is_cpu
+            and u.dtype in _FAST_DTYPES and not isinstance(coupling, torch.Tensor)):
+        cpu, _ = _cpu_module()
+        if cpu is not None:
+            try:
+                return cpu.scan_compute_dtype(u, delta, A, B, C, D, z, delta_bias,
+                                              delta_softplus, coupling, initial_state,
+                                              return_last_state)
+            except Exception:
+                check_scan_inputs(u, delta, A, B, C, D, z, delta_bias, initial_state)
+                raise
     dims = check_scan_inputs(u, delta, A, B, C, D, z, delta_bias, initial_state)
     cp = resolve_coupling(coupling, dims.M)
     if cp.kind == "general" and isinstance(coupling, torch.Tensor):

@@ -140,6 +140,28 @@ Prepared prepare(const Tensor& u, const Tensor& delta, const Tensor& A, const Te
 
   const KernelTable* tb = current_table();
   const int64_t M = u.size(0), Bt = u.size(1), Dm = u.size(2), L = u.size(3), N = A.size(2);
+  // Every shape and device too: selective_scan.py's CPU fast path skips its Python validation
+  // and relies on these checks. When one fails there, Python reruns its own validation, which
+  // raises the documented ValueError naming the argument.
+  TORCH_CHECK(M > 0 && L > 0 && N > 0, "coupled scan (cpu): empty dimension");
+  const auto expect = [&](const Tensor& t, at::IntArrayRef shape, const char* name) {
+    TORCH_CHECK(t.sizes() == shape && t.device() == u.device(), "coupled scan (cpu): ", name,
+                " has shape ", t.sizes(), " on ", t.device(), ", expected ", shape, " on ",
+                u.device());
+  };
+  const auto expect_opt = [&](const std::optional<Tensor>& t, at::IntArrayRef shape,
+                              const char* name) {
+    if (t.has_value() && t->defined()) expect(*t, shape, name);
+  };
+  expect(delta, {M, Bt, Dm, L}, "delta");
+  expect(A, {M, Dm, N}, "A");
+  expect(B, {M, Bt, N, L}, "B");
+  expect(C, {M, Bt, N, L}, "C");
+  expect_opt(D, {M, Dm}, "D");
+  expect_opt(z, {M, Bt, Dm, L}, "z");
+  expect_opt(bias, {M, Dm}, "delta_bias");
+  expect_opt(init, {M, Bt, Dm, N}, "initial_state");
+  expect_opt(W, {M, M}, "W");
   const int64_t lanes = tb->vector_bytes / static_cast<int64_t>(u.element_size());
   const int64_t Np = (N + lanes - 1) / lanes * lanes;
 
