@@ -10,7 +10,9 @@ Implementations (all with the signature of :func:`coupled_selective_scan_ref`):
 - "triton": fused GPU kernel (``_triton.py``).
 
 "auto" takes "cpu" for CPU tensors and "triton" for CUDA tensors when they can run, else "torch"
-with one warning. Optional back ends are imported here only, inside try/except.
+with one warning. Optional back ends are imported here only, inside try/except. Float32/float64
+CPU calls skip the Python validation (the compiled kernel checks its inputs; see
+coupled_selective_scan), which halves the fixed cost of a streaming step.
 """
 
 from __future__ import annotations
