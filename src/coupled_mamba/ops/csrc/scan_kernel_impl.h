@@ -145,11 +145,11 @@ template <typename T> static inline void reduce_rows(const T* acc, int64_t R, T*
 // the partial sums per row. For a pair of vectors (p, q) at level s (8, 4, 2, 1), lane i keeps
 // p's partial where bit s of i is clear and q's where it is set, and adds the partial of its
 // partner lane i ^ s from the same vector: x = blend(p, q), y = the partners (one two-source
-// permute), x + y. That is 15 permutes, 15 blends and 15 adds per 16 rows; only the permutes
-// need the shuffle port, where two shuffles per pair (31 per 16 rows, the earlier version) made
-// the shuffle port the bottleneck (~15% of an N = 16, L = 50 forward). After the four levels lane
-// i holds the row loaded at position bitreverse(i), so the rows are loaded in bit-reversed order
-// and lane i ends with row i.
+// permute), x + y. That is 15 permutes, 15 blends and 15 adds per 16 rows, and only the permutes
+// need the shuffle port (two shuffles per pair, the earlier version, put 31 of 46 operations
+// there). The total on the two vector ports is about the same, so a whole call was not
+// measurably faster (docs/cpu_kernel.md). After the four levels lane i holds the row loaded at
+// position bitreverse(i), so the rows are loaded in bit-reversed order and lane i ends with row i.
 template <> inline void reduce_rows<float>(const float* acc, int64_t R, float* out) {
   // partner indices (p's lanes 0-15, q's 16-31) of the levels that shufps/shuf_f32x4 cannot do
   const __m512i by4 = _mm512_setr_epi32(4, 5, 6, 7, 16, 17, 18, 19, 12, 13, 14, 15, 24, 25, 26, 27);
@@ -652,7 +652,8 @@ static inline void flat_finish_row(const Ctx<T>& c, int64_t m, int64_t b, int64_
   const T Dm = c.Dskip ? c.Dskip[m * c.D + d] : T(0);
   const T* u = c.u + off;
   T* y = c.y + off;
-  // ys holds rows_used(L) elements and sz has a vector of slack: full loads stay inside both.
+  // ys has room for T >= rows_used(L) elements (those past L unset, their lanes never stored)
+  // and sz a vector of slack: full loads stay inside both.
   for (int64_t j = 0; j < L; j += W) {
     const int64_t k = L - j;
     V yv = ld<V>(ys + j) + Dm * ld_or_n<V>(u + j, k);
