@@ -165,9 +165,12 @@ def coupled_selective_scan(
                 return cpu.scan_compute_dtype(u, delta, A, B, C, D, z, delta_bias,
                                               delta_softplus, coupling, initial_state,
                                               return_last_state)
-            except Exception:
-                check_scan_inputs(u, delta, A, B, C, D, z, delta_bias, initial_state)
-                raise
+            except Exception as exc:
+                failure = exc
+            # Outside the except block, so that a ValueError from the validation does not
+            # carry the kernel's error as its context.
+            check_scan_inputs(u, delta, A, B, C, D, z, delta_bias, initial_state)
+            raise failure
     dims = check_scan_inputs(u, delta, A, B, C, D, z, delta_bias, initial_state)
     cp = resolve_coupling(coupling, dims.M)
     if cp.kind == "general" and isinstance(coupling, torch.Tensor):
