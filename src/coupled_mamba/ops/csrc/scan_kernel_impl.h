@@ -307,8 +307,8 @@ template <typename V> static inline V vsigmoid(V x) {
   return x >= E(0) ? inv : e * inv;
 }
 
-// silu(x) = x / (1 + exp(-x)), for the forward's gate: three operations fewer than
-// x vsigmoid(x) (no |x|, no select). exp(-x) is capped at exp(87) in float (exp(700) in double)
+// silu(x) = x / (1 + exp(-x)), for the forward's gate: fewer operations than x vsigmoid(x)
+// (no |x|, no select). exp(-x) is capped at exp(87) in float (exp(700) in double)
 // so that 1 + exp(-x) stays finite and its reciprocal normal: below x = -87 the result is
 // x 1.6e-38 rather than x exp(x), both below 2e-36 in magnitude (double: below -700, 1e-304);
 // -inf gives -inf (torch: NaN).
