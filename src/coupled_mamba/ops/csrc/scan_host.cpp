@@ -131,23 +131,18 @@ Prepared prepare(const Tensor& u, const Tensor& delta, const Tensor& A, const Te
   TORCH_CHECK(mode >= 0 && mode <= 2, "coupled scan (cpu): bad mode ", mode);
   TORCH_CHECK(mode != coupled_scan::kGeneral || (W.has_value() && W->defined()),
               "coupled scan (cpu): general coupling needs W");
-  const auto dtype = u.scalar_type();
-  for (const Tensor* t : {&delta, &A, &B, &C})
-    TORCH_CHECK(t->scalar_type() == dtype, "coupled scan (cpu): mixed dtypes");
-  for (const auto* t : {&D, &z, &bias, &init, &W})
-    if (t->has_value() && (*t)->defined())
-      TORCH_CHECK((*t)->scalar_type() == dtype, "coupled scan (cpu): mixed dtypes");
 
   const KernelTable* tb = current_table();
   const int64_t M = u.size(0), Bt = u.size(1), Dm = u.size(2), L = u.size(3), N = A.size(2);
-  // Every shape and device too: selective_scan.py's CPU fast path skips its Python validation
-  // and relies on these checks. When one fails there, Python reruns its own validation, which
-  // raises the documented ValueError naming the argument.
+  // Shape, device and dtype of every argument: selective_scan.py's CPU fast path skips its
+  // Python validation and relies on these checks. When one fails there, Python reruns its own
+  // validation, which raises the documented ValueError naming the argument.
   TORCH_CHECK(M > 0 && L > 0 && N > 0, "coupled scan (cpu): empty dimension");
   const auto expect = [&](const Tensor& t, at::IntArrayRef shape, const char* name) {
-    TORCH_CHECK(t.sizes() == shape && t.device() == u.device(), "coupled scan (cpu): ", name,
-                " has shape ", t.sizes(), " on ", t.device(), ", expected ", shape, " on ",
-                u.device());
+    TORCH_CHECK(t.sizes() == shape && t.device() == u.device() &&
+                    t.scalar_type() == u.scalar_type(),
+                "coupled scan (cpu): ", name, " is ", t.scalar_type(), " ", t.sizes(), " on ",
+                t.device(), ", expected ", u.scalar_type(), " ", shape, " on ", u.device());
   };
   const auto expect_opt = [&](const std::optional<Tensor>& t, at::IntArrayRef shape,
                               const char* name) {

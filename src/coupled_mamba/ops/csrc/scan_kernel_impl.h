@@ -560,10 +560,7 @@ static void finish_rows_fwd(const Ctx<T>& c, Rows<T>& r, int64_t m, int64_t b, i
   T* dst = Tc == Tn ? out : r.ys;
   for (int64_t j = 0; j < Tv; j += W) {
     V yv = ld<V>(r.ys + j) + Dm * ld<V>(r.u + j);
-    if (c.z) {
-      const V zv = ld<V>(r.z + j);
-      yv = yv * (zv * vsigmoid(zv));
-    }
+    if (c.z) yv = yv * vsilu(ld<V>(r.z + j));
     st(dst + j, yv);
   }
   if (Tc != Tn)
