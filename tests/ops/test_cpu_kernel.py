@@ -336,3 +336,23 @@ def test_inference_saves_no_chunk_states(monkeypatch, make_scan_inputs):
     y.sum().backward()
     assert calls == [(False, False), (False, True), (True, True)]
     assert kw["u"].grad is not None and kw["u"].grad.abs().sum() > 0
+
+
+def test_stale_build_lock_is_removed_fresh_one_kept(tmp_path, monkeypatch):
+    # A process killed while compiling leaves build_dir/lock behind; torch then waits forever.
+    import os
+    import time as _time
+
+    from coupled_mamba.ops import _cpu
+
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    build = tmp_path / "ext_test"
+    build.mkdir()
+    lock = build / "lock"
+    lock.touch()
+    assert not _cpu.clear_stale_build_lock("ext_test") and lock.exists()
+    old = _time.time() - _cpu.STALE_BUILD_LOCK_S - 5
+    os.utime(lock, (old, old))
+    with pytest.warns(RuntimeWarning, match="stale build lock"):
+        assert _cpu.clear_stale_build_lock("ext_test")
+    assert not lock.exists()

@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import sys
 import threading
+import time
 import warnings
 from pathlib import Path
 
@@ -40,6 +41,9 @@ _MODES = {"diag": 0, "rank1": 1, "general": 2}
 
 _lock = threading.Lock()
 _state: dict = {}
+# A build takes well under a minute; a lock file this old was left by a process killed while
+# building (Ctrl-C on the first call), and torch's build waits on it forever.
+STALE_BUILD_LOCK_S = 600
 
 
 def _extension_name() -> str:
@@ -49,9 +53,29 @@ def _extension_name() -> str:
     return f"coupled_mamba_scan_cpu_{ver}"
 
 
+def clear_stale_build_lock(name: str) -> bool:
+    """Remove the extension's build lock if it is older than STALE_BUILD_LOCK_S; True if
+    removed."""
+    from torch.utils.cpp_extension import _get_build_directory
+
+    lock = Path(_get_build_directory(name, verbose=False)) / "lock"
+    try:
+        age = time.time() - lock.stat().st_mtime
+    except FileNotFoundError:
+        return False
+    if age <= STALE_BUILD_LOCK_S:
+        return False
+    warnings.warn(f"removing a stale build lock ({age:.0f} s old, left by an interrupted "
+                  f"build): {lock}", RuntimeWarning, stacklevel=3)
+    lock.unlink(missing_ok=True)
+    return True
+
+
 def _build(name: str, openmp_flags: list[str]) -> None:
     """Compile (or reuse the cached build of) the extension and load it into torch.ops."""
     from torch.utils.cpp_extension import load
+
+    clear_stale_build_lock(name)
 
     csrc = Path(__file__).with_name("csrc")
     load(
