@@ -71,8 +71,7 @@ def test_cuda_streaming_equals_forward(make_config, make_inputs):
         cache = model.encoder.allocate_cache(2)
         for t in range(16):
             pred = model.step([x[:, t] for x in xs], state)
-            outs = model.encoder.step([p(x[:, t]) for p, x in
-                                       zip(model.projections, xs, strict=True)], cache)
+            outs = model.encoder.step(model.project([x[:, t] for x in xs]), cache)
             for m in range(3):
                 torch.testing.assert_close(outs[m], full[m][:, t], atol=1e-4, rtol=1e-4)
         torch.testing.assert_close(pred, model(xs), atol=1e-4, rtol=1e-4)

@@ -52,7 +52,7 @@ def test_absent_modality_semantics_of_coupled_mamba(make_config, make_inputs):
     model = create_model("coupled_mamba", cfg).eval()
     xs = make_inputs(cfg)
     enc = model.encode(xs, present=PRESENT)
-    projected = [p(x) for p, x in zip(model.projections, xs, strict=True)]
+    projected = model.project(xs)
     zeroed = [torch.where(PRESENT[:, m, None, None], h, 0.0) for m, h in enumerate(projected)]
     enc_zero = model.encoder(zeroed)
     for a, b in zip(enc, enc_zero, strict=True):

@@ -27,6 +27,7 @@ from .mmimdb import read_mmimdb
 from .mmsa import mmsa_to_npz, read_mmsa_pickle, write_mmsa_pickle
 from .mogonet import read_mogonet
 from .npz import read_npz_folder, write_npz_folder
+from .statistics import feature_statistics
 from .synthetic import make_synthetic, timing_score
 from .torch_dataset import MultimodalTorchDataset, collate
 
@@ -45,6 +46,7 @@ __all__ = [
     "collate",
     "detect_format",
     "drop_mask",
+    "feature_statistics",
     "load_dataset",
     "make_synthetic",
     "mmsa_to_npz",

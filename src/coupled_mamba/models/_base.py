@@ -17,7 +17,7 @@ from torch import nn
 
 from ..modules._inputs import prepare_inputs
 from ..modules.heads import PoolFuseHead
-from ..modules.layers import ModalityProjection
+from ..modules.layers import FeatureStandardize, ModalityProjection
 from ._registry import create_model
 from .config import CoupledMambaConfig
 
@@ -47,6 +47,7 @@ class MultimodalModel(nn.Module):
         if not isinstance(config, CoupledMambaConfig):
             raise ValueError(f"config: expected a CoupledMambaConfig, got {type(config).__name__}")
         self.config = config
+        self.input_norms = nn.ModuleList(FeatureStandardize(d_m) for d_m in config.input_dims)
         self.projections = nn.ModuleList(
             ModalityProjection(d_m, config.proj_hidden, config.d_model, config.norm_eps)
             for d_m in config.input_dims
@@ -64,8 +65,26 @@ class MultimodalModel(nn.Module):
             inputs, mask, present, cfg.modality_names, cfg.input_dims)
         if valid is not None:
             xs = [torch.where(valid[m][..., None], x, 0.0) for m, x in enumerate(xs)]
-        projected = [proj(x) for proj, x in zip(self.projections, xs, strict=True)]
-        return projected, masks, present, valid
+        return self.project(xs), masks, present, valid
+
+    def project(self, xs: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Standardise and project M raw inputs (B, [L,] d_m) to (B, [L,] d_model)."""
+        return [proj(norm(x)) for norm, proj, x in
+                zip(self.input_norms, self.projections, xs, strict=True)]
+
+    def set_input_statistics(self, means, stds) -> None:
+        """Per-feature mean and std of each modality's training inputs: M arrays (d_m,) each
+        (``coupled_mamba.data.feature_statistics`` computes them over valid steps)."""
+        if len(means) != len(self.input_norms) or len(stds) != len(self.input_norms):
+            raise ValueError(f"set_input_statistics: expected {len(self.input_norms)} means and "
+                             f"stds, got {len(means)} and {len(stds)}")
+        for m, (norm, mean, std) in enumerate(zip(self.input_norms, means, stds, strict=True)):
+            shapes = (tuple(torch.as_tensor(mean).shape), tuple(torch.as_tensor(std).shape))
+            if shapes != (tuple(norm.shift.shape),) * 2:
+                raise ValueError(f"set_input_statistics: modality {m} expects "
+                                 f"({norm.shift.numel()},) statistics, got {shapes[0]} and "
+                                 f"{shapes[1]}")
+            norm.set_statistics(mean, std)
 
     def encode(self, inputs, mask=None, present=None) -> list[torch.Tensor]:
         """The encoder outputs: a list of M tensors (B, L, d_model)."""

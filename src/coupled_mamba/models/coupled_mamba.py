@@ -110,7 +110,7 @@ class CoupledMambaModel(MultimodalModel):
             batch=state.encoder.batch_size, step=True)
         if valid is not None:
             xs = [torch.where(valid[m][:, None], x, 0.0) for m, x in enumerate(xs)]
-        projected = [proj(x) for proj, x in zip(self.projections, xs, strict=True)]
+        projected = self.project(xs)
         outs = self.encoder.step(projected, state.encoder, masks, present)
         state.pool.update(torch.stack(outs), valid)
         pooled, available = state.pool.result()

@@ -191,6 +191,8 @@ class CoupledMambaLayer(nn.Module):
         self.register_buffer("coupling_mask", mask, persistent=False)
         if self.coupling == "learned":
             self.coupling_logits = nn.Parameter(torch.zeros(M, M))
+            # Decay would pull the learned W towards uniform "mean" coupling: not a wanted prior.
+            self.coupling_logits._no_weight_decay = True
             self.register_buffer("fixed_coupling", None, persistent=False)
         else:
             self.coupling_logits = None

@@ -68,6 +68,8 @@ class ModalityFusion(nn.Module):
             raise ValueError(f"fusion: unknown mode {mode!r}; expected one of {FUSIONS}")
         self.n_modalities, self.d_model, self.mode = n_modalities, d_model, mode
         self.logits = nn.Parameter(torch.zeros(n_modalities)) if mode == "softmax" else None
+        if self.logits is not None:
+            self.logits._no_weight_decay = True  # decay would pull towards equal weights
 
     @property
     def out_features(self) -> int:

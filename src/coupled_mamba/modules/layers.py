@@ -76,6 +76,31 @@ class ModalityLayerNorm(nn.Module):
         return f"M={self.n_modalities}, d={self.d}, eps={self.eps}"
 
 
+class FeatureStandardize(nn.Module):
+    """Per-feature affine standardisation ``(x - shift) * scale`` of one modality's raw inputs.
+
+    (..., d_m) -> (..., d_m). Identity until :meth:`set_statistics` is called with statistics of
+    the training split; the buffers are saved with the weights, so a loaded model standardises new
+    data exactly as it did in training. Features of very different scales (omics views, unscaled
+    acoustic descriptors) otherwise let a few columns dominate the first linear layer's gradient.
+    """
+
+    def __init__(self, d: int):
+        super().__init__()
+        self.register_buffer("shift", torch.zeros(d))
+        self.register_buffer("scale", torch.ones(d))
+
+    @torch.no_grad()
+    def set_statistics(self, mean: torch.Tensor, std: torch.Tensor, eps: float = 1e-6) -> None:
+        """mean, std: (d_m,). Columns with std <= eps (constant features) are only centred."""
+        std = torch.as_tensor(std, dtype=self.scale.dtype)
+        self.shift.copy_(torch.as_tensor(mean, dtype=self.shift.dtype))
+        self.scale.copy_(torch.where(std > eps, 1.0 / std.clamp_min(eps), torch.ones_like(std)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.shift.to(x.dtype)) * self.scale.to(x.dtype)
+
+
 class ModalityProjection(nn.Sequential):
     """Input projection of one modality (SPEC section 4):
     Linear(d_m, hidden) -> LayerNorm -> ReLU -> Linear(hidden, d_model) -> LayerNorm.

@@ -13,7 +13,7 @@ N is the number of samples, M the number of modalities.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +46,15 @@ class PreparedData:
     metric_family: str
     name: str
     notes: list[str]  # what was done to the data (carved valid split, missing rates), for logs
+    _stats: tuple | None = field(default=None, repr=False)
+
+    def input_statistics(self) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """Per-feature (means, stds) of the training split, M arrays (d_m,) each (computed once)."""
+        if self._stats is None:
+            from coupled_mamba.data import feature_statistics
+
+            self._stats = feature_statistics(self.train, self.modality_names)
+        return self._stats
 
     def splits(self) -> dict[str, Any]:
         out = {"train": self.train, "valid": self.valid}

@@ -36,6 +36,7 @@ from coupled_mamba.metrics import PRIMARY_METRIC, compute_metrics
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .distributed import DistInfo, all_gather_rows
+from .optim import build_optimizer, build_scheduler
 
 LOWER_IS_BETTER = {"Loss", "MAE", "MSE"}
 CHECKPOINT_NAME = "last.safetensors"
@@ -116,28 +117,6 @@ def loss_function(task: str, name: str = "auto") -> Callable[[torch.Tensor, torc
     return lambda out, y: F.binary_cross_entropy_with_logits(out, y.float())
 
 
-def build_optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
-    if cfg.optimizer == "adam":
-        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, weight_decay=cfg.weight_decay,
-                               momentum=cfg.momentum)
-    raise ValueError(f"train.optimizer: expected adam, adamw or sgd, got {cfg.optimizer!r}")
-
-
-def build_scheduler(optimizer, cfg: TrainConfig):
-    if cfg.scheduler == "step":
-        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg.step_size,
-                                               gamma=cfg.gamma)
-    if cfg.scheduler == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs)
-    if cfg.scheduler == "none":
-        return None
-    raise ValueError(f"train.scheduler: expected step, cosine or none, got {cfg.scheduler!r}")
-
-
 def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
     nb = device.type == "cuda"
     return {
@@ -203,8 +182,9 @@ class Trainer:
             self.net = DistributedDataParallel(
                 self.model, device_ids=[device] if device.type == "cuda" else None)
         self.loss_fn = loss_function(task, cfg.loss)
-        self.optimizer = build_optimizer(self.model.parameters(), cfg)
-        self.scheduler = build_scheduler(self.optimizer, cfg)
+        self.optimizer = build_optimizer(self.model, cfg)
+        self.scheduler = None  # built in fit(): a per-batch schedule needs the loader's length
+        self._per_batch_schedule = False
         self.select_key, self.higher_is_better = selection_key(cfg.select_on, metric_family)
         self.autocast = cfg.bf16 and device.type == "cuda"
         if self.dist.enabled and cfg.batch_size % self.dist.world_size:
@@ -292,6 +272,8 @@ class Trainer:
             if self.cfg.grad_clip is not None:
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
             self.optimizer.step()
+            if self.scheduler is not None and self._per_batch_schedule:
+                self.scheduler.step()
             bar.set_postfix(loss=f"{loss.item():.4f}")
             # Training metrics on the outputs seen during the epoch (dropout on), as MMSA does.
             outs.append(out.detach())
@@ -320,6 +302,9 @@ class Trainer:
         ckpt = self.out_dir / CHECKPOINT_NAME if self.out_dir is not None else None
         start, best_epoch, best_score, bad, history = 0, 0, None, 0, []
         best_state: dict[str, torch.Tensor] | None = None
+        loader = self._loader(train, train=True)
+        self.scheduler, self._per_batch_schedule = build_scheduler(self.optimizer, cfg,
+                                                                   len(loader))
         if resume and ckpt is not None and ckpt.is_file():
             p, best_state = load_checkpoint(ckpt, model=self.model, optimizer=self.optimizer,
                                             scheduler=self.scheduler)
@@ -329,7 +314,6 @@ class Trainer:
                 if best_state:
                     self.model.load_state_dict(best_state)
                 return FitResult(best_epoch, best_score, start, p["stopped_early"], history)
-        loader = self._loader(train, train=True)
         writer = self._tensorboard()
         stopped_early = False
         bar = tqdm(range(start, cfg.epochs), desc="train", initial=start, total=cfg.epochs,
@@ -341,7 +325,7 @@ class Trainer:
                 t0 = time.perf_counter()
                 lr = self.optimizer.param_groups[0]["lr"]
                 train_m = self._train_epoch(loader, epoch)
-                if self.scheduler is not None:
+                if self.scheduler is not None and not self._per_batch_schedule:
                     self.scheduler.step()
                 valid_r = self.evaluate(valid, desc="valid")
                 score = valid_r.metrics.get(self.select_key, float("nan"))
