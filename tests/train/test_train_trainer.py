@@ -112,7 +112,7 @@ def test_resume_gives_the_same_weights(tmp_path):
     assert not (tmp_path / "cut/metrics.json").exists()
     with pytest.raises(ValueError, match="already holds a run; add --resume"):
         _run("regression", tmp_path / "cut", extra=extra)
-    with pytest.raises(ValueError, match=r"train\.lr: 0\.0005 -> 0\.1"):
+    with pytest.raises(ValueError, match=r"train\.lr: 0\.003 -> 0\.1"):
         _run("regression", tmp_path / "cut", extra=extra + ["train.lr=0.1"], resume=True)
     resumed, _ = _run("regression", tmp_path / "cut", extra=extra, resume=True)
     assert resumed["test"] == full["test"] and resumed["best_epoch"] == full["best_epoch"]

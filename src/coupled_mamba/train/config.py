@@ -40,6 +40,9 @@ class DataConfig:
     task: str | None = None  # None = the data's task; otherwise must agree with it
     metric_family: str | None = None  # None = the data's (e.g. "mosei" for an MMSA pickle)
     # Carved from train (stratified, seeded) when the data has no validation split.
+    # Standardise every input feature with the training split's mean and std (saved with the
+    # model's weights, so evaluate/predict apply the same transform).
+    standardize: bool = True
     valid_fraction: float = 0.1
     split_seed: int = 0  # seed of that carve: fixed, so every run seed sees the same split
     missing_rate_train: float = 0.0  # paper's robustness protocol: rate r for the train split
@@ -49,8 +52,12 @@ class DataConfig:
 
 @dataclass
 class TrainConfig:
-    """The optimisation recipe. Defaults are the paper's (SPEC section 4) and MMSA's."""
+    """The optimisation recipe. Field defaults are the paper's (SPEC section 4) and MMSA's; with
+    ``recipe: auto`` the keys of ``coupled_mamba.train.defaults`` that no config, flag or --set
+    gives are chosen from the data instead."""
 
+    # auto: data-dependent defaults (train/defaults.py) for keys not set; fixed: field defaults
+    recipe: str = "auto"
     epochs: int = 150  # maximum number of epochs (paper: up to 150)
     batch_size: int = 128  # GLOBAL batch size; under DDP each rank takes batch_size / world_size
     eval_batch_size: int | None = None  # None = batch_size
@@ -59,7 +66,9 @@ class TrainConfig:
     weight_decay: float = 5e-4
     momentum: float = 0.9  # sgd only
     loss: str = "auto"  # auto (l1 / ce / bce by task) | l1 | mse | ce | bce
-    scheduler: str = "step"  # step | cosine | none
+    scheduler: str = "step"  # step | cosine | warmup_cosine | none
+    warmup_epochs: float = 1.0  # warmup_cosine: linear warm-up length (fractions allowed)
+    min_lr_ratio: float = 0.0  # warmup_cosine: final rate as a fraction of lr
     # The paper says "step" without parameters; these are our choice.
     step_size: int = 20  # epochs between decays (scheduler "step")
     gamma: float = 0.5  # decay factor (scheduler "step")
@@ -91,6 +100,12 @@ class ExperimentConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelSection = field(default_factory=ModelSection)
     train: TrainConfig = field(default_factory=TrainConfig)
+    # "section.key" names given by a file, flag or --set (never overridden by data defaults)
+    explicit: set[str] = field(default_factory=set, repr=False, compare=False)
+
+    @property
+    def auto_defaults(self) -> bool:
+        return self.train.recipe == "auto"
 
     # ---- (de)serialisation -------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -132,6 +147,7 @@ class ExperimentConfig:
         if section not in SECTIONS:
             raise ValueError(f"{source}: unknown section {section!r} in {dotted!r}; valid "
                              f"sections: {', '.join(SECTIONS)}")
+        self.explicit.add(dotted)
         if section == "model":
             if key == "name":
                 self.model.name = _coerce(value, str, dotted, source)
@@ -160,9 +176,14 @@ class ExperimentConfig:
                 raise ValueError(f"data.{key}: expected a rate in [0, 1), got {r}")
         if not 0.0 < d.valid_fraction < 1.0:
             raise ValueError(f"data.valid_fraction: expected (0, 1), got {d.valid_fraction}")
+        _choice("train.recipe", t.recipe, ("auto", "fixed"))
         _choice("train.optimizer", t.optimizer, ("adam", "adamw", "sgd"))
         _choice("train.loss", t.loss, ("auto", "l1", "mse", "ce", "bce"))
-        _choice("train.scheduler", t.scheduler, ("step", "cosine", "none"))
+        _choice("train.scheduler", t.scheduler, ("step", "cosine", "warmup_cosine", "none"))
+        if t.warmup_epochs < 0:
+            raise ValueError(f"train.warmup_epochs: expected >= 0, got {t.warmup_epochs}")
+        if not 0.0 <= t.min_lr_ratio <= 1.0:
+            raise ValueError(f"train.min_lr_ratio: expected [0, 1], got {t.min_lr_ratio}")
         for key in ("epochs", "batch_size", "n_seeds", "checkpoint_every", "step_size"):
             if getattr(t, key) < 1:
                 raise ValueError(f"train.{key}: expected >= 1, got {getattr(t, key)}")

@@ -23,11 +23,12 @@ import numpy as np
 
 # The demo's experiment config (configs/demo.yaml holds the same; a test keeps them equal).
 DEMO_CONFIG: dict = {
-    "data": {"format": "npz"},
+    "data": {"format": "npz", "standardize": False},
     "model": {"name": "coupled_mamba", "d_model": 32, "n_layers": 2, "d_state": 16,
               "expand": 2, "d_conv": 4, "proj_hidden": 64, "head_hidden": 32,
               "dropout": 0.0, "coupling": "mean"},
-    "train": {"epochs": 8, "batch_size": 128, "lr": 3.0e-3, "weight_decay": 0.0,
+    "train": {"recipe": "fixed", "epochs": 8, "batch_size": 128, "lr": 3.0e-3,
+              "weight_decay": 0.0,
               "optimizer": "adam", "loss": "l1", "scheduler": "none", "select_on": "loss",
               "patience": 0, "seed": 1111, "n_seeds": 1, "device": "cpu",
               "tensorboard": False},

@@ -37,6 +37,7 @@ from coupled_mamba.metrics import summarize
 
 from .config import DATA_DERIVED_MODEL_KEYS, ExperimentConfig, build_model_config
 from .data_prep import MISSING_SEED_OFFSET, PreparedData, check_compatible, prepare_data
+from .defaults import apply_data_defaults
 from .distributed import DistInfo, barrier, init_distributed, resolve_device
 from .trainer import Trainer, check_selection, loss_function, selection_key
 
@@ -173,12 +174,18 @@ def train_run(cfg: ExperimentConfig, out_dir: str | Path | None, *, resume: bool
     # Every check that can fail on the user's input runs before anything is written.
     if prepared is None:
         prepared = prepare_data(cfg.data, seed=t.seed)
+    cfg = copy.deepcopy(cfg)
+    applied = apply_data_defaults(cfg, prepared)
+    t = cfg.train
     if builder is build_model:
         cfg = resolve_model_section(cfg, prepared)
     loss_function(prepared.task, t.loss)
     check_selection(t.select_on, prepared.metric_family, prepared.task, prepared.train.labels)
     if out is not None and resume:
         _check_resume_config(out, cfg)
+    if applied:
+        _log(f"defaults from the data ({len(prepared.train)} training samples, "
+             f"dims {prepared.input_dims}): " + ", ".join(applied), dist)
     if out is not None:
         if dist.is_main:
             out.mkdir(parents=True, exist_ok=True)
@@ -202,6 +209,7 @@ def train_run(cfg: ExperimentConfig, out_dir: str | Path | None, *, resume: bool
                 write_json(done, result)
             per_seed.append(result)
     summary = _summary(cfg, prepared, per_seed)
+    summary["data_defaults"] = applied
     if out is not None and dist.is_main:
         write_json(out / "metrics.json", summary)
     barrier(dist)
@@ -212,6 +220,8 @@ def _train_seed(cfg, prepared, seed, seed_dir, resume, dist, device, callbacks, 
     t = cfg.train
     seed_everything(seed)
     model = builder(cfg, prepared)
+    if cfg.data.standardize and hasattr(model, "set_input_statistics"):
+        model.set_input_statistics(*prepared.input_statistics())
     # Dropout streams differ between ranks (model init above is the same on every rank, and
     # DDP broadcasts rank 0's weights anyway).
     torch.manual_seed(int(np.random.SeedSequence([seed, dist.rank]).generate_state(1)[0]))

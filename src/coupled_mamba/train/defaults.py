@@ -1,0 +1,70 @@
+"""Defaults that follow the data: what ``train`` uses for every key the user did not set.
+
+A config key set by a YAML file, a flag or ``--set`` is the user's and is never changed. Every
+other key of the rule below gets a value from the training split (its size N, the length L and
+the feature sizes); the values are printed at the start of a run and saved in its config.yaml,
+so a rerun with that file reproduces the run without the rule. docs/TRAINING.md ("Defaults")
+gives the evidence behind each choice.
+
+The rule:
+- a small coupled model (d_model 32, 2 layers, d_state 16; d_model 64 from N = 20,000): the
+  paper's 1.5 M-parameter model memorises a few thousand samples before it finds a cross-modal
+  rule;
+- step sizes dt initialised log-uniform in [1/L, 1], i.e. memory timescales from one step to the
+  whole sequence (Mamba's [0.001, 0.1] suits language models over thousands of tokens; over
+  L = 40 steps it cannot tell an event 3 steps back from one 5 steps back, and dt also scales the
+  input written into the state);
+- AdamW (lr 3e-3, weight decay on weight matrices only) with one warm-up epoch and a cosine
+  decay over the epochs; the model of the best validation epoch is kept.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+SMALL_UNTIL = 20_000  # training samples from which the wider model is used
+
+
+def data_defaults(n_train: int, seq_len: int, input_dims: list[int]) -> dict[str, Any]:
+    """``{"model.key": value, "train.key": value}`` for data of this size (module docstring)."""
+    width = 32 if n_train < SMALL_UNTIL else 64
+    return {
+        "model.d_model": width,
+        "model.n_layers": 2,
+        "model.d_state": 16,
+        "model.proj_hidden": 2 * width,
+        "model.head_hidden": width,
+        "model.dropout": 0.0,
+        "model.dt_min": round(1.0 / max(2, seq_len), 6),
+        "model.dt_max": 1.0,
+        "train.optimizer": "adamw",
+        "train.lr": 3e-3,
+        "train.weight_decay": 0.05,
+        "train.scheduler": "warmup_cosine",
+        "train.warmup_epochs": 1.0,
+        "train.epochs": 30,
+        "train.patience": 0,
+    }
+
+
+def apply_data_defaults(cfg, prepared) -> list[str]:
+    """Fill the keys of :func:`data_defaults` that ``cfg`` does not set explicitly (in place).
+
+    Returns the ``key=value`` strings applied, for the run's log. Keys of the model section only
+    apply to models that have them (all registered models share one config).
+    """
+    if not cfg.auto_defaults:
+        return []
+    seq_len = int(next(iter(prepared.train.modalities.values())).shape[1])
+    rule = data_defaults(len(prepared.train), seq_len, list(prepared.input_dims))
+    applied = []
+    for key, value in rule.items():
+        if key in cfg.explicit:
+            continue
+        section, _, name = key.partition(".")
+        if section == "model":
+            cfg.model.params[name] = value
+        else:
+            setattr(cfg.train, name, value)
+        applied.append(f"{key}={value}")
+    return applied

@@ -1,0 +1,60 @@
+"""Data-dependent defaults (train.recipe auto): applied only to keys nobody set, saved, logged."""
+
+from __future__ import annotations
+
+import json
+
+import yaml
+from train_helpers import TINY_TRAIN, tiny_data
+
+from coupled_mamba.train.config import load_config
+from coupled_mamba.train.data_prep import prepare_loaded
+from coupled_mamba.train.defaults import apply_data_defaults, data_defaults
+from coupled_mamba.train.run import train_run
+
+
+def _prepared(cfg, **kw):
+    return prepare_loaded(tiny_data(**kw), cfg.data, cfg.train.seed)
+
+
+def test_rule_follows_the_data():
+    small, large = data_defaults(3000, 40, [16, 8]), data_defaults(30_000, 50, [16, 8])
+    assert small["model.d_model"] == 32 and large["model.d_model"] == 64
+    assert small["model.dt_min"] == 1 / 40 and large["model.dt_min"] == 1 / 50
+    assert small["train.scheduler"] == "warmup_cosine"
+
+
+def test_only_keys_nobody_set_are_filled():
+    cfg = load_config(None, ["model.d_model=8", "train.lr=0.01"], {"train.epochs": 3})
+    applied = apply_data_defaults(cfg, _prepared(cfg, L=10))
+    assert cfg.model.params["d_model"] == 8 and cfg.train.lr == 0.01 and cfg.train.epochs == 3
+    assert cfg.model.params["n_layers"] == 2 and cfg.model.params["dt_min"] == 0.1
+    assert cfg.train.optimizer == "adamw"
+    assert "model.n_layers=2" in applied and not any(a.startswith("model.d_model") for a in applied)
+
+
+def test_fixed_recipe_keeps_the_field_defaults():
+    cfg = load_config(None, ["train.recipe=fixed"])
+    assert apply_data_defaults(cfg, _prepared(cfg)) == []
+    assert (cfg.train.lr, cfg.train.optimizer, cfg.model.params) == (5e-4, "adam", {})
+
+
+def test_run_logs_saves_and_reproduces_the_defaults(tmp_path, capsys):
+    tiny = [f"train.{k}={v}" for k, v in TINY_TRAIN.items() if k != "epochs"]
+    sizes = ["model.d_model=8", "model.d_state=4", "model.proj_hidden=8",
+             "model.head_hidden=8", "train.epochs=1"]
+    cfg = load_config(None, tiny + sizes)
+    out = tmp_path / "run"
+    res = train_run(cfg, out, prepared=_prepared(cfg))
+    err = capsys.readouterr().err
+    assert "defaults from the data (40 training samples" in err and "model.n_layers=2" in err
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert saved["train"]["recipe"] == "auto"
+    assert saved["model"]["n_layers"] == 2 and saved["train"]["scheduler"] == "warmup_cosine"
+    assert "model.n_layers=2" in json.loads((out / "metrics.json").read_text())["data_defaults"]
+    # The saved file gives every key explicitly: training from it applies nothing and matches.
+    again_cfg = load_config(out / "config.yaml")
+    again = train_run(again_cfg, tmp_path / "again", prepared=_prepared(again_cfg))
+    assert again["data_defaults"] == [] and again["test"] == res["test"]
+    # --resume with the original command sees the same resolved config (no "differs" error).
+    train_run(cfg, out, prepared=_prepared(cfg), resume=True)
