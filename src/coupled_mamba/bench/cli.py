@@ -320,6 +320,81 @@ def run_missing_command(args: argparse.Namespace) -> int:
            "Trained and selected on complete data; the test split is dropped at rate r."))
 
 
+# ---- suite -------------------------------------------------------------------------------------
+
+def add_suite_arguments(p: argparse.ArgumentParser) -> None:
+    from coupled_mamba.data.interaction import SUITE
+
+    from .suite import DEFAULT_MODELS
+
+    p.add_argument("--settings", type=str_list, default=list(SUITE), metavar="NAME,...",
+                   help=f"interaction settings (default: all: {_joined(list(SUITE))})")
+    p.add_argument("--models", type=str_list, default=list(DEFAULT_MODELS), metavar="NAME,...",
+                   help=f"registered models (default {_joined(DEFAULT_MODELS)})")
+    p.add_argument("--seeds", type=int, default=5, help="seeds per setting; each seed draws its "
+                   "own data and trains with that seed (default %(default)s)")
+    p.add_argument("--seed", type=int, default=1111, help="first seed (default %(default)s)")
+    p.add_argument("--scale", type=float, default=1.0,
+                   help="multiply every split size (quick looks; default %(default)s)")
+    p.add_argument("--config", help="YAML experiment config applied to every model (default: "
+                   "none, the package defaults)")
+    p.add_argument("--set", dest="overrides", action="append", default=[],
+                   metavar="SECTION.KEY=VALUE", help="override a config value (repeatable)")
+    p.add_argument("--workers", type=int, default=1,
+                   help="parallel training processes (default %(default)s)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads per process (default %(default)s)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--out", required=True, help="output folder (runs.jsonl, suite.md/csv/json/png)")
+
+
+def run_suite_command(args: argparse.Namespace) -> int:
+    from coupled_mamba.data.interaction import SUITE
+    from coupled_mamba.models import list_models
+    from coupled_mamba.train.config import load_config
+
+    from .environment import describe, environment_info
+    from .suite import run_suite, write_suite
+
+    unknown = [s for s in args.settings if s not in SUITE]
+    if unknown:
+        raise ValueError(f"--settings: unknown {', '.join(unknown)}; available: "
+                         f"{', '.join(SUITE)}")
+    bad = [m for m in args.models if m not in list_models()]
+    if bad:
+        raise ValueError(f"--models: unknown {', '.join(bad)}; available: "
+                         f"{', '.join(list_models())}")
+    for name, value in (("--seeds", args.seeds), ("--workers", args.workers),
+                        ("--threads", args.threads)):
+        if value < 1:
+            raise ValueError(f"{name}: expected >= 1, got {value}")
+    if not args.scale > 0:
+        raise ValueError(f"--scale: expected > 0, got {args.scale}")
+    cfg = load_config(args.config, args.overrides)
+    raw = cfg.to_dict()
+    raw["data"]["path"] = None
+    raw["train"]["device"] = "cpu" if raw["train"]["device"] == "auto" else raw["train"]["device"]
+    seeds = [args.seed + i for i in range(args.seeds)]
+    env = environment_info(raw["train"]["device"], args.threads)
+    print(describe(env), flush=True)
+    records = run_suite(args.settings, args.models, seeds, raw, args.out, scale=args.scale,
+                        workers=args.workers, threads=args.threads, progress=not args.quiet)
+    header = {"command": "coupled-mamba bench suite " + " ".join(_argv_tail("suite")),
+              "seeds": seeds, "scale": args.scale, "config": args.config or "defaults",
+              "overrides": args.overrides, "environment": describe(env)}
+    paths = write_suite(records, args.models, args.out, header)
+    print(open(paths[0]).read())
+    print("wrote " + ", ".join(os.path.basename(p) for p in paths) + f" to {args.out}")
+    return 0
+
+
+def _argv_tail(after: str) -> list[str]:
+    import sys
+
+    argv = sys.argv[1:]
+    return argv[argv.index(after) + 1:] if after in argv else argv
+
+
 # ---- the `bench` command -----------------------------------------------------------------------
 
 BENCHES = {
@@ -331,6 +406,8 @@ BENCHES = {
                  "dt_rank", add_coupling_arguments, run_coupling_command),
     "missing": ("metrics against the missing-modality rate for coupled and the baselines",
                 add_missing_arguments, run_missing_command),
+    "suite": ("interaction-task suite: models x settings x seeds against oracle and pooled "
+              "references", add_suite_arguments, run_suite_command),
 }
 
 
