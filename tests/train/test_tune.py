@@ -91,6 +91,7 @@ def test_parse_space_spec(item, expected):
     (["--model", "cross_attention", "--params", "d_state"], ["--params", "model.d_state"]),
     (["--params", "lr", "--set", "train.lr=0.01"], ["nothing to tune"]),
     (["--trials", "0"], ["--trials"]),
+    (["--storage", "notaurl"], ["--storage notaurl", "cannot open"]),
 ])
 def test_bad_search_input_is_one_line(npz_data, tmp_path, capsys, extra, words):
     _one_line_error(capsys, ["tune", "--data", npz_data(), "--out", str(tmp_path / "t"),
