@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 # Modules that may contribute subcommands (imported only if they exist).
-EXTENSION_MODULES = ("coupled_mamba.bench.cli",)
+EXTENSION_MODULES = ("coupled_mamba.bench.cli", "coupled_mamba.train.tune_cli")
 
 USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError,
                PermissionError)

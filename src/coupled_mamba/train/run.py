@@ -124,13 +124,20 @@ def _check_resume_config(out: Path, cfg: ExperimentConfig) -> None:
     if not saved_path.is_file():
         raise FileNotFoundError(f"--resume: {saved_path} not found (nothing to resume)")
     saved = ExperimentConfig.from_dict(yaml.safe_load(saved_path.read_text()), str(saved_path))
-    a, b = _flat(saved.to_dict()), _flat(cfg.to_dict())
+    changes = config_changes(saved.to_dict(), cfg.to_dict())
+    if changes:
+        raise ValueError(f"--resume: the command's config differs from the run's "
+                         f"{saved_path} in {', '.join(changes)}; rerun the original command "
+                         "with --resume")
+
+
+def config_changes(saved: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """``"section.key: old -> new"`` for every key of two ``ExperimentConfig.to_dict()`` that
+    differs, except :data:`RESUMABLE_CHANGES`; sorted by key."""
+    a, b = _flat(saved), _flat(new)
     diffs = sorted(k for k in set(a) | set(b)
                    if a.get(k) != b.get(k) and k not in RESUMABLE_CHANGES)
-    if diffs:
-        shown = ", ".join(f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in diffs)
-        raise ValueError(f"--resume: the command's config differs from the run's "
-                         f"{saved_path} in {shown}; rerun the original command with --resume")
+    return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in diffs]
 
 
 def _flat(d: dict, prefix: str = "") -> dict[str, Any]:
