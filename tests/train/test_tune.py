@@ -151,6 +151,9 @@ def test_interrupted_study_resumes_and_best_config_trains(npz_data, tmp_path, ca
     best = yaml.safe_load((out / "best.yaml").read_text())
     assert best["train"]["lr"] == pytest.approx(study.best_params["train.lr"])
     assert best["model"]["coupling"] == study.best_params["model.coupling"]
+    # Keys neither the base config nor the search set hold what the trial trained with: the
+    # data's defaults (train.recipe auto), not the field defaults.
+    assert best["train"]["scheduler"] == "warmup_cosine" and best["model"]["dt_max"] == 1.0
     run = tmp_path / "run"
     assert cli.main(["train", "--config", str(out / "best.yaml"), "--data", data,
                      "--out", str(run)]) == 0

@@ -35,6 +35,7 @@ from tqdm.auto import tqdm
 
 from .config import ExperimentConfig
 from .data_prep import PreparedData, prepare_data
+from .defaults import apply_data_defaults
 from .distributed import launched_distributed
 from .run import config_changes, resolve_model_section, train_run
 from .trainer import check_selection, loss_function, selection_key
@@ -309,7 +310,11 @@ def _write_files(result: TuneResult, base: ExperimentConfig, prepared: PreparedD
         best = result.study.best_trial
     except ValueError:  # every trial was pruned or failed
         return
-    result.best = resolve_model_section(apply_params(base, best.params, "best trial"), prepared)
+    chosen = apply_params(base, best.params, "best trial")
+    # The values the trial trained with: the data's defaults for keys neither the base config
+    # nor the search set (as train_run applies them), then every model field resolved.
+    apply_data_defaults(chosen, prepared)
+    result.best = resolve_model_section(chosen, prepared)
     result.best.save(out / "best.yaml")
     result.files["best"] = out / "best.yaml"
 
