@@ -23,6 +23,9 @@ def test_suite_runs_records_and_resumes(tmp_path, capsys):
     assert sorted(r["model"] for r in recs) == ["coupled_mamba", "mamba_fusion"]
     for r in recs:
         assert r["metric"] == "Accuracy" and r["oracle"] == 1.0 and 0 <= r["score"] <= 1
+        # Keys no --set gave follow the data defaults in the worker, as in `train`.
+        assert "train.scheduler=warmup_cosine" in r["defaults"], r["defaults"]
+        assert not any(d.startswith("model.d_model") for d in r["defaults"])
         assert r["solved"] == (r["gap_closed"] >= 0.8)
     for name in ("suite.md", "suite.csv", "suite.json", "suite.png"):
         assert (out / name).stat().st_size > 0

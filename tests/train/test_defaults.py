@@ -58,3 +58,16 @@ def test_run_logs_saves_and_reproduces_the_defaults(tmp_path, capsys):
     assert again["data_defaults"] == [] and again["test"] == res["test"]
     # --resume with the original command sees the same resolved config (no "differs" error).
     train_run(cfg, out, prepared=_prepared(cfg), resume=True)
+
+
+def test_explicit_only_dict_keeps_the_rule_for_other_keys():
+    from coupled_mamba.train.config import ExperimentConfig
+
+    cfg = load_config(None, ["model.d_model=8", "train.epochs=2"])
+    raw = cfg.to_dict(explicit_only=True)
+    assert raw == {"data": {}, "model": {"name": "coupled_mamba", "d_model": 8},
+                   "train": {"epochs": 2}}
+    again = ExperimentConfig.from_dict(raw)
+    a, b = _prepared(cfg), _prepared(again)
+    assert apply_data_defaults(cfg, a) == apply_data_defaults(again, b)
+    assert cfg.to_dict() == again.to_dict()

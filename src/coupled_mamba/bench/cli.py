@@ -371,9 +371,10 @@ def run_suite_command(args: argparse.Namespace) -> int:
     if not args.scale > 0:
         raise ValueError(f"--scale: expected > 0, got {args.scale}")
     cfg = load_config(args.config, args.overrides)
-    raw = cfg.to_dict()
-    raw["data"]["path"] = None
-    raw["train"]["device"] = "cpu" if raw["train"]["device"] == "auto" else raw["train"]["device"]
+    # Only the keys given: the others stay with each setting's data defaults (train.recipe auto).
+    raw = cfg.to_dict(explicit_only=True)
+    raw["data"].pop("path", None)
+    raw["train"].setdefault("device", "cpu")
     seeds = [args.seed + i for i in range(args.seeds)]
     env = environment_info(raw["train"]["device"], args.threads)
     print(describe(env), flush=True)

@@ -60,7 +60,7 @@ def run_pair(setting: str, model: str, seed: int, scale: float, raw_cfg: dict,
             "gap_closed": refs.gap_closed(score), "solved": refs.solved(score),
             "best_epoch": result["best_epoch"], "epochs_run": result["epochs_run"],
             "params": result["num_parameters"], "time_s": round(time.perf_counter() - t0, 1),
-            "defaults": result.get("defaults")}
+            "defaults": result.get("data_defaults")}
 
 
 def run_suite(settings: Sequence[str], models: Sequence[str], seeds: Sequence[int],

@@ -108,12 +108,20 @@ class ExperimentConfig:
         return self.train.recipe == "auto"
 
     # ---- (de)serialisation -------------------------------------------------------------
-    def to_dict(self) -> dict[str, Any]:
-        return {
+    def to_dict(self, explicit_only: bool = False) -> dict[str, Any]:
+        """The three sections as plain dicts. ``explicit_only``: only the keys a file, flag or
+        --set gave (and the model name), so that ``from_dict`` of the result leaves the other
+        keys to the data defaults exactly as this config does."""
+        full = {
             "data": dataclasses.asdict(self.data),
             "model": {"name": self.model.name, **self.model.params},
             "train": dataclasses.asdict(self.train),
         }
+        if not explicit_only:
+            return full
+        return {section: {k: v for k, v in values.items()
+                          if f"{section}.{k}" in self.explicit or (section, k) == ("model", "name")}
+                for section, values in full.items()}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], source: str = "config") -> ExperimentConfig:
