@@ -21,7 +21,8 @@ def test_rule_follows_the_data():
     small, large = data_defaults(3000, 40, [16, 8]), data_defaults(30_000, 50, [16, 8])
     assert small["model.d_model"] == 32 and large["model.d_model"] == 64
     assert small["model.dt_min"] == 1 / 40 and large["model.dt_min"] == 1 / 50
-    assert small["train.scheduler"] == "warmup_cosine"
+    assert small["train.scheduler"] == "warmup_cosine" and small["train.select_on"] == "loss"
+    assert data_defaults(3000, 40, [16, 8], "classification")["train.select_on"] == "primary"
 
 
 def test_only_keys_nobody_set_are_filled():

@@ -71,9 +71,13 @@ def test_each_task_end_to_end(task, tmp_path):
     again = compute_metrics(prepared.metric_family, out_, prepared.test.labels)
     for k, v in again.items():
         assert saved["test"][k] == pytest.approx(v, abs=1e-4, nan_ok=True)
-    # The selected epoch is the one with the best valid loss in the history.
-    losses = [float(r_["valid_Loss"]) for r_ in rows]
-    assert saved["best_epoch"] == 1 + int(np.argmin(losses))
+    # The selected epoch is the one with the best validation score in the history (the loss for
+    # regression, the primary metric for the other tasks under the data defaults).
+    sel = saved["selection"]
+    assert sel["key"] == ("Loss" if task == "regression" else expected)
+    scores = [float(r_[f"valid_{sel['key']}"]) for r_ in rows]
+    best = np.argmax(scores) if sel["higher_is_better"] else np.argmin(scores)
+    assert saved["best_epoch"] == 1 + int(best)
 
 
 def test_deterministic_on_cpu(tmp_path):

@@ -15,7 +15,10 @@ The rule:
   L = 40 steps it cannot tell an event 3 steps back from one 5 steps back, and dt also scales the
   input written into the state);
 - AdamW (lr 3e-3, weight decay on weight matrices only) with one warm-up epoch and a cosine
-  decay over the epochs; the model of the best validation epoch is kept.
+  decay over the epochs; the model of the best validation epoch is kept, judged by the loss for
+  regression and by the task's primary metric (macro F1, micro F1) for classification and
+  multi-label: once a classifier memorises its training set, its validation cross-entropy grows
+  with overconfidence while its accuracy still improves, so the loss picks an early epoch.
 """
 
 from __future__ import annotations
@@ -25,7 +28,8 @@ from typing import Any
 SMALL_UNTIL = 20_000  # training samples from which the wider model is used
 
 
-def data_defaults(n_train: int, seq_len: int, input_dims: list[int]) -> dict[str, Any]:
+def data_defaults(n_train: int, seq_len: int, input_dims: list[int],
+                  task: str = "regression") -> dict[str, Any]:
     """``{"model.key": value, "train.key": value}`` for data of this size (module docstring)."""
     width = 32 if n_train < SMALL_UNTIL else 64
     return {
@@ -44,6 +48,7 @@ def data_defaults(n_train: int, seq_len: int, input_dims: list[int]) -> dict[str
         "train.warmup_epochs": 1.0,
         "train.epochs": 30,
         "train.patience": 0,
+        "train.select_on": "loss" if task == "regression" else "primary",
     }
 
 
@@ -56,7 +61,8 @@ def apply_data_defaults(cfg, prepared) -> list[str]:
     if not cfg.auto_defaults:
         return []
     seq_len = int(next(iter(prepared.train.modalities.values())).shape[1])
-    rule = data_defaults(len(prepared.train), seq_len, list(prepared.input_dims))
+    rule = data_defaults(len(prepared.train), seq_len, list(prepared.input_dims),
+                         prepared.task)
     applied = []
     for key, value in rule.items():
         if key in cfg.explicit:
