@@ -162,3 +162,64 @@ def test_folder_errors(tmp_path, padded):
     (folder / "meta.json").write_text(json.dumps({"colour": "red"}))
     with pytest.raises(DataFormatError, match="meta.json"):
         read_npz_folder(folder)
+
+
+def test_meta_task_decides_how_labels_are_read(tmp_path, padded):
+    rng = np.random.default_rng(6)
+    folder = make_folder(tmp_path / "d", rng, padded)
+    for s in ("train", "valid", "test"):  # class ids stored as floats, as CSV exports do
+        with np.load(folder / f"{s}.npz") as z:
+            a = dict(z)
+        a["labels"] = (np.arange(len(a["labels"])) % 3).astype(np.float64)
+        np.savez(folder / f"{s}.npz", **a)
+    (folder / "meta.json").write_text(json.dumps({"task": "classification"}))
+    data = read_npz_folder(folder)
+    assert data.task == "classification" and data.num_outputs == 3
+    assert data.train.labels.dtype == np.int64 and list(data.train.labels[:4]) == [0, 1, 2, 0]
+    (folder / "meta.json").write_text(json.dumps({"task": "multilabel"}))
+    with pytest.raises(DataFormatError, match=r"train\.npz.*meta\.json declares task "
+                       r"'multilabel'.*shape \(12,\)"):
+        read_npz_folder(folder)
+    with np.load(folder / "valid.npz") as z:
+        a = dict(z)
+    a["labels"] = a["labels"] + 0.5
+    np.savez(folder / "valid.npz", **a)
+    (folder / "meta.json").write_text(json.dumps({"task": "classification"}))
+    with pytest.raises(DataFormatError, match=r"valid\.npz.*class labels must be integers"):
+        read_npz_folder(folder)
+
+
+@pytest.mark.parametrize("text,pattern", [
+    ("{not json", r"meta\.json: not valid JSON"),
+    (json.dumps([1, 2]), r"meta\.json: expected an object"),
+    (json.dumps({"metric_family": "mosx"}), r"meta\.json, key 'metric_family': expected one of"),
+    (json.dumps({"task": "ranking"}), r"meta\.json, key 'task'"),
+    (json.dumps({"num_outputs": "3"}), r"meta\.json, key 'num_outputs': expected a positive"),
+    (json.dumps({"modality_names": "audio"}), r"meta\.json, key 'modality_names'"),
+    (json.dumps({"name": 7}), r"meta\.json, key 'name'"),
+])
+def test_invalid_meta_json_names_the_file(tmp_path, padded, text, pattern):
+    folder = make_folder(tmp_path / "d", np.random.default_rng(7), padded)
+    (folder / "meta.json").write_text(text)
+    with pytest.raises(DataFormatError, match=pattern):
+        load_dataset(folder)
+
+
+@pytest.mark.parametrize("labels,pattern", [
+    ([0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 10**8], r"class ids reach 100000000 but there are 17 "),
+    ([0] * 12, r"classification needs at least 2 classes, the labels give 1"),
+])
+def test_class_ids_must_make_a_labelling(tmp_path, padded, labels, pattern):
+    """A damaged label (1e8 read as a class id) must not build a model with 1e8 outputs."""
+    folder = make_folder(tmp_path / "d", np.random.default_rng(8), padded, labels="int",
+                         splits=("train", "test"))
+    with np.load(folder / "train.npz") as z:
+        a = dict(z)
+    a["labels"] = np.array(labels)
+    np.savez(folder / "train.npz", **a)
+    with np.load(folder / "test.npz") as z:
+        a = dict(z)
+    a["labels"] = np.zeros(len(a["labels"]), dtype=np.int64)
+    np.savez(folder / "test.npz", **a)
+    with pytest.raises(DataFormatError, match=pattern):
+        read_npz_folder(folder)

@@ -58,6 +58,15 @@ def test_multimodal_data_checks():
         MultimodalData(s, wide, None, ["a", "b"], "regression", 1, "regression", "toy")
 
 
+def test_empty_split_is_an_error():
+    x = {"a": np.ones((0, 3, 2), np.float32)}
+    empty = Split(x, {"a": np.ones(0, np.int64)}, np.zeros(0, np.float32), np.array([]))
+    full = Split({"a": np.ones((2, 3, 2), np.float32)}, {"a": np.ones(2, np.int64)},
+                 np.zeros(2, np.float32), np.array(["0", "1"]))
+    with pytest.raises(DataFormatError, match=r"my\.npz split 'valid': no samples"):
+        MultimodalData(full, empty, None, ["a"], "regression", 1, "regression", "d", "my.npz")
+
+
 def test_detect_format(tmp_path):
     (tmp_path / "f.pkl").write_bytes(b"")
     (tmp_path / "f.hdf5").write_bytes(b"")

@@ -10,6 +10,7 @@ import warnings
 
 import numpy as np
 
+from ..errors import UserInputError
 from ._types import DataFormatError
 
 
@@ -59,6 +60,21 @@ def as_array(value, where: str) -> np.ndarray:
         raise DataFormatError(f"{where}: cannot convert to an array ({exc})") from exc
 
 
+def numeric_array(value, where: str) -> np.ndarray:
+    """:func:`as_array` that only accepts real numbers (bool, int or float; an object array of
+    numbers is converted to float64); DataFormatError naming ``where`` and the dtype otherwise."""
+    a = as_array(value, where)
+    if a.dtype == object:
+        try:
+            a = a.astype(np.float64)
+        except (TypeError, ValueError) as exc:
+            raise DataFormatError(f"{where}: expected numbers ({exc})") from exc
+    if not (a.dtype == bool or np.issubdtype(a.dtype, np.integer)
+            or np.issubdtype(a.dtype, np.floating)):
+        raise DataFormatError(f"{where}: expected numbers, got dtype {a.dtype}")
+    return a
+
+
 def class_labels(y: np.ndarray, where: str) -> np.ndarray:
     """Class ids as int64 from an int or integer-valued float array; DataFormatError otherwise."""
     y = np.asarray(y)
@@ -74,6 +90,20 @@ def class_labels(y: np.ndarray, where: str) -> np.ndarray:
     if y.size and y.min() < 0:
         raise DataFormatError(f"{where}: class labels must be >= 0, got {y.min()}")
     return y
+
+
+def inferred_num_classes(labels: list[np.ndarray], where: str) -> int:
+    """C = largest class id + 1 over the given (N_i,) class-id arrays.
+
+    More classes than samples cannot be a labelling (most ids would be unused): it is a damaged
+    file, and taking it at its word would build a model with that many outputs.
+    """
+    top = max(int(y.max(initial=0)) for y in labels) + 1
+    n = sum(len(y) for y in labels)
+    if top > max(n, 2):
+        raise DataFormatError(f"{where}: class ids reach {top - 1} but there are {n} samples; "
+                              "class ids must be 0..C-1")
+    return top
 
 
 def last_nonzero_lengths(x: np.ndarray) -> np.ndarray:
@@ -124,9 +154,9 @@ def tokens_per_view(n_features: int, n_tokens: int, where: str) -> tuple[int, in
     are pure padding, which can happen when n does not divide F evenly).
     """
     if not isinstance(n_tokens, (int, np.integer)) or n_tokens < 1:
-        raise ValueError(f"n_tokens must be a positive int, got {n_tokens!r}")
+        raise UserInputError(f"n_tokens must be a positive int, got {n_tokens!r}")
     if n_tokens > n_features:
-        raise ValueError(f"{where}: n_tokens={n_tokens} exceeds the {n_features} features")
+        raise UserInputError(f"{where}: n_tokens={n_tokens} exceeds the {n_features} features")
     d = math.ceil(n_features / n_tokens)
     return d, math.ceil(n_features / d)
 
@@ -161,12 +191,13 @@ def stratified_holdout(labels: np.ndarray, fraction: float, seed: int,
     from sklearn.model_selection import train_test_split
 
     if not 0.0 < fraction < 1.0:
-        raise ValueError(f"valid_fraction must lie in (0, 1) or be 0 for none, got {fraction}")
+        raise UserInputError(f"valid_fraction must lie in (0, 1) or be 0 for none, got {fraction}")
     idx = np.arange(len(labels))
     stratify = labels if labels.ndim == 1 and np.issubdtype(labels.dtype, np.integer) else None
     try:
         keep, held = train_test_split(idx, test_size=fraction, random_state=seed,
                                       stratify=stratify)
     except ValueError as exc:
-        raise ValueError(f"{where}: cannot carve a validation split of {fraction} ({exc})") from exc
+        raise UserInputError(f"{where}: cannot carve a validation split of {fraction} "
+                             f"({exc})") from exc
     return np.sort(keep), np.sort(held)

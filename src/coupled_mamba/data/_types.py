@@ -15,13 +15,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..errors import UserInputError
+
 TASKS = ("regression", "classification", "multilabel")
 METRIC_FAMILIES = ("mosi", "mosei", "sims", "simsv2", "classification", "multilabel", "regression")
 SPLIT_NAMES = ("train", "valid", "test")
 
 
-class DataFormatError(ValueError):
-    """A data file or array does not have the expected layout.
+class DataFormatError(UserInputError):
+    """A data file or array does not have the expected layout (a ValueError, via UserInputError).
 
     Messages name the file, split and key and say what was expected.
     """
@@ -178,19 +180,25 @@ class MultimodalData:
 
     def __post_init__(self):
         self.modality_names = list(self.modality_names)
+        source = self.source or self.name or "data"
         if self.task not in TASKS:
-            raise ValueError(f"task must be one of {TASKS}, got {self.task!r}")
+            raise DataFormatError(f"{source}: task must be one of {TASKS}, got {self.task!r}")
         if self.metric_family not in METRIC_FAMILIES:
-            raise ValueError(
-                f"metric_family must be one of {METRIC_FAMILIES}, got {self.metric_family!r}")
+            raise DataFormatError(f"{source}: metric_family must be one of {METRIC_FAMILIES}, "
+                                  f"got {self.metric_family!r}")
         if self.train is None:
             raise ValueError("train split is required")
+        if self.task == "classification" and self.num_outputs < 2:
+            raise DataFormatError(f"{source}: classification needs at least 2 classes, the labels "
+                                  f"give {self.num_outputs}")
         dims = None
         for split_name in SPLIT_NAMES:
             split = getattr(self, split_name)
             if split is None:
                 continue
-            where = f"{self.name or 'data'} split {split_name!r}"
+            where = f"{source} split {split_name!r}"
+            if len(split) == 0:
+                raise DataFormatError(f"{where}: no samples")
             if sorted(split.modalities) != sorted(self.modality_names):
                 raise DataFormatError(
                     f"{where}: modalities {list(split.modalities)} differ from modality_names "

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..errors import UserInputError
 from ._types import MultimodalData, Split
 
 DEFAULT_SEQ_LEN = 50  # SPEC section 4: the paper aligns to 50 steps
@@ -62,7 +63,7 @@ def _check(x: np.ndarray, lengths: np.ndarray, seq_len: int) -> tuple[np.ndarray
     if not np.issubdtype(lengths.dtype, np.integer):
         raise ValueError(f"lengths must be integers, got dtype {lengths.dtype}")
     if not isinstance(seq_len, (int, np.integer)) or seq_len < 1:
-        raise ValueError(f"seq_len must be a positive int, got {seq_len!r}")
+        raise UserInputError(f"seq_len must be a positive int, got {seq_len!r}")
     if lengths.size and (lengths.min() < 1 or lengths.max() > x.shape[1]):
         raise ValueError(
             f"lengths must lie in [1, T_max={x.shape[1]}], got range "

@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..errors import UserInputError
 from ._types import MultimodalData, Split
 
 
 def _check_rate(rate: float) -> float:
     rate = float(rate)
     if not 0.0 <= rate < 1.0:
-        raise ValueError(f"missing rate must lie in [0, 1), got {rate}")
+        raise UserInputError(f"missing rate must lie in [0, 1), got {rate}")
     return rate
 
 

@@ -78,6 +78,42 @@ def split_ranges(f, sources: list[str], path) -> dict[str, tuple[int, int]]:
     return out
 
 
+def _read_splits(f, path: Path, sources: dict[str, str], cleaner: NonFiniteCounter) -> dict:
+    """split -> (features {modality: (N_s, F)}, labels (N_s, K) float32, ids (N_s,)) from an open
+    h5py File."""
+    for key in [*sources.values(), "genres"]:
+        if key not in f:
+            raise DataFormatError(f"{path}: missing dataset {key!r} (datasets present: "
+                                  f"{sorted(f.keys())})")
+    for m, key in sources.items():
+        if f[key].ndim != 2:
+            raise DataFormatError(f"{path}, dataset {key!r} ({m}): expected rank 2 (N, F), "
+                                  f"got shape {f[key].shape}")
+    n = f["genres"].shape[0]
+    if f["genres"].ndim != 2:
+        raise DataFormatError(f"{path}, dataset 'genres': expected (N, K), got "
+                              f"{f['genres'].shape}")
+    for key in sources.values():
+        if f[key].shape[0] != n:
+            raise DataFormatError(f"{path}, dataset {key!r}: {f[key].shape[0]} rows but "
+                                  f"'genres' has {n}")
+    used = [*sources.values(), "genres"] + (["imdb_ids"] if "imdb_ids" in f else [])
+    ranges = split_ranges(f, used, path)
+    data = {}
+    for split, (a, b) in ranges.items():
+        if not 0 <= a <= b <= n:
+            raise DataFormatError(f"{path}: split {split!r} range [{a}, {b}) outside [0, {n}]")
+        y = f["genres"][a:b]
+        if y.size and not np.isin(y, (0, 1)).all():
+            raise DataFormatError(f"{path}, dataset 'genres', split {split!r}: targets must "
+                                  "be 0/1")
+        ids = (np.array([_text(v) for v in f["imdb_ids"][a:b]]) if "imdb_ids" in f
+               else np.array([str(i) for i in range(a, b)]))
+        feats = {m: cleaner.clean(f[key][a:b], f"{split}/{key}") for m, key in sources.items()}
+        data[split] = (feats, y.astype(np.float32), ids)
+    return data
+
+
 def read_mmimdb(path, *, n_tokens: int = DEFAULT_N_TOKENS, text_source: str = "features",
                 image_source: str = "vgg_features", standardize_features: bool = True,
                 name: str = "mmimdb") -> MultimodalData:
@@ -99,37 +135,16 @@ def read_mmimdb(path, *, n_tokens: int = DEFAULT_N_TOKENS, text_source: str = "f
         raise FileNotFoundError(f"MM-IMDB file not found: {path}")
     sources = {"text": text_source, "image": image_source}
     cleaner = NonFiniteCounter(str(path))
-    with h5py.File(path, "r") as f:
-        for key in [*sources.values(), "genres"]:
-            if key not in f:
-                raise DataFormatError(f"{path}: missing dataset {key!r} (datasets present: "
-                                      f"{sorted(f.keys())})")
-        for m, key in sources.items():
-            if f[key].ndim != 2:
-                raise DataFormatError(f"{path}, dataset {key!r} ({m}): expected rank 2 (N, F), "
-                                      f"got shape {f[key].shape}")
-        n = f["genres"].shape[0]
-        if f["genres"].ndim != 2:
-            raise DataFormatError(f"{path}, dataset 'genres': expected (N, K), got "
-                                  f"{f['genres'].shape}")
-        for key in sources.values():
-            if f[key].shape[0] != n:
-                raise DataFormatError(f"{path}, dataset {key!r}: {f[key].shape[0]} rows but "
-                                      f"'genres' has {n}")
-        used = [*sources.values(), "genres"] + (["imdb_ids"] if "imdb_ids" in f else [])
-        ranges = split_ranges(f, used, path)
-        data = {}
-        for split, (a, b) in ranges.items():
-            if not 0 <= a <= b <= n:
-                raise DataFormatError(f"{path}: split {split!r} range [{a}, {b}) outside [0, {n}]")
-            y = f["genres"][a:b]
-            if y.size and not np.isin(y, (0, 1)).all():
-                raise DataFormatError(f"{path}, dataset 'genres', split {split!r}: targets must "
-                                      "be 0/1")
-            ids = (np.array([_text(v) for v in f["imdb_ids"][a:b]]) if "imdb_ids" in f
-                   else np.array([str(i) for i in range(a, b)]))
-            feats = {m: cleaner.clean(f[key][a:b], f"{split}/{key}") for m, key in sources.items()}
-            data[split] = (feats, y.astype(np.float32), ids)
+    try:
+        f = h5py.File(path, "r")
+    except OSError as exc:  # not HDF5, truncated, damaged superblock
+        raise DataFormatError(f"{path}: cannot open as HDF5 ({exc})") from exc
+    with f:
+        try:
+            data = _read_splits(f, path, sources, cleaner)
+        except (OSError, KeyError, RuntimeError) as exc:  # h5py's errors for damaged objects
+            raise DataFormatError(f"{path}: damaged HDF5 file ({type(exc).__name__}: {exc})") \
+                from exc
     cleaner.warn()
 
     order = [s for s in ("train", "valid", "test") if s in data]

@@ -21,9 +21,11 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import UserInputError
 from ._common import (
     NonFiniteCounter,
     class_labels,
+    inferred_num_classes,
     standardize,
     stratified_holdout,
     to_tokens,
@@ -83,8 +85,8 @@ def read_mogonet(folder, *, n_tokens: int = DEFAULT_N_TOKENS,
         view_names = known if known and len(known) == len(views) else [f"view{v}" for v in views]
     view_names = list(view_names)
     if len(view_names) != len(views) or len(set(view_names)) != len(view_names):
-        raise ValueError(f"view_names must be {len(views)} distinct names (views {views}), "
-                         f"got {view_names}")
+        raise UserInputError(f"view_names must be {len(views)} distinct names (views {views}), "
+                             f"got {view_names}")
 
     labels = {}
     for part in ("tr", "te"):
@@ -92,7 +94,7 @@ def read_mogonet(folder, *, n_tokens: int = DEFAULT_N_TOKENS,
         if not p.is_file():
             raise DataFormatError(f"{folder}: missing labels_{part}.csv (one class id per line)")
         y = _loadtxt(p, ndmin=1)
-        if y.ndim != 1:
+        if y.ndim != 1 or y.size == 0:
             raise DataFormatError(f"{p}: expected one label per line, got shape {y.shape}")
         labels[part] = class_labels(y, str(p))
 
@@ -113,7 +115,10 @@ def read_mogonet(folder, *, n_tokens: int = DEFAULT_N_TOKENS,
             raise DataFormatError(f"{folder}: {v}_tr.csv has {f_tr} columns but {v}_te.csv {f_te}")
         fn = folder / f"{v}_featname.csv"
         if fn.is_file():
-            n_names = sum(1 for line in fn.read_text().splitlines() if line.strip())
+            try:
+                n_names = sum(1 for line in fn.read_text().splitlines() if line.strip())
+            except UnicodeDecodeError as exc:
+                raise DataFormatError(f"{fn}: not a text file ({exc})") from None
             if n_names != f_tr:
                 raise DataFormatError(f"{fn}: {n_names} feature names but {v}_tr.csv has {f_tr} "
                                       "columns")
@@ -147,6 +152,6 @@ def read_mogonet(folder, *, n_tokens: int = DEFAULT_N_TOKENS,
         index = np.arange(y.shape[0]) if idx is None else idx
         ids = np.array([f"{part}{i}" for i in index])
         splits[s] = Split(feats[s], lengths[s], y, ids)
-    num_classes = int(max(labels["tr"].max(), labels["te"].max())) + 1
+    num_classes = inferred_num_classes([labels["tr"], labels["te"]], f"{folder}, labels_*.csv")
     return MultimodalData(splits["train"], splits.get("valid"), splits["test"], view_names,
                           "classification", num_classes, "classification", name, str(folder))

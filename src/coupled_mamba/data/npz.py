@@ -15,8 +15,10 @@ A folder holds ``train.npz`` and optionally ``valid.npz`` and ``test.npz``. In e
   single-step sequence (N, 1, d) (a static feature vector; alignment repeats it over the steps).
 
 Modality order is sorted by name unless an optional ``meta.json`` gives ``modality_names``;
-``meta.json`` may also give ``name``, ``metric_family`` and ``num_outputs`` (written by
-:func:`write_npz_folder`). Files are opened with ``allow_pickle=False``.
+``meta.json`` may also give ``name``, ``metric_family``, ``num_outputs`` and ``task`` (written by
+:func:`write_npz_folder`). A declared ``task`` decides how labels are read: "classification" takes
+integer-valued float labels as class ids, "regression" takes int labels as values. Files are
+opened with ``allow_pickle=False``.
 """
 
 from __future__ import annotations
@@ -26,8 +28,14 @@ from pathlib import Path
 
 import numpy as np
 
-from ._common import NonFiniteCounter, check_finite_labels, stratified_holdout
-from ._types import SPLIT_NAMES, DataFormatError, MultimodalData, Split
+from ._common import (
+    NonFiniteCounter,
+    check_finite_labels,
+    class_labels,
+    inferred_num_classes,
+    stratified_holdout,
+)
+from ._types import METRIC_FAMILIES, SPLIT_NAMES, TASKS, DataFormatError, MultimodalData, Split
 
 _RESERVED = ("labels", "ids", "present")
 _META_KEYS = {"name", "metric_family", "modality_names", "num_outputs", "task"}
@@ -35,46 +43,71 @@ _FAMILY_OF_TASK = {"regression": "regression", "classification": "classification
                    "multilabel": "multilabel"}
 
 
-def _task_of(y: np.ndarray, where: str) -> str:
-    if y.ndim == 2:
-        return "multilabel"
-    if y.ndim != 1:
+def _task_of(y: np.ndarray, where: str, declared: str | None) -> str:
+    """The task of labels ``y``: from their rank and dtype, or ``declared`` (meta.json) when the
+    labels can be read that way."""
+    if y.ndim not in (1, 2):
         raise DataFormatError(f"{where}, key 'labels': expected rank 1 (N,) or 2 (N, K), got "
                               f"shape {y.shape}")
-    if np.issubdtype(y.dtype, np.floating):
-        return "regression"
-    if np.issubdtype(y.dtype, np.integer) or y.dtype == bool:
-        return "classification"
-    raise DataFormatError(f"{where}, key 'labels': expected a float, int or bool array, got "
-                          f"dtype {y.dtype}")
+    if not (np.issubdtype(y.dtype, np.floating) or np.issubdtype(y.dtype, np.integer)
+            or y.dtype == bool):
+        raise DataFormatError(f"{where}, key 'labels': expected a float, int or bool array, got "
+                              f"dtype {y.dtype}")
+    if y.ndim == 2:
+        inferred = "multilabel"
+        if y.shape[1] < 1:
+            raise DataFormatError(f"{where}, key 'labels': (N, K) targets need K >= 1, got shape "
+                                  f"{y.shape}")
+    else:
+        inferred = "regression" if np.issubdtype(y.dtype, np.floating) else "classification"
+    if declared is None or declared == inferred:
+        return inferred
+    if y.ndim == 1 and declared in ("regression", "classification"):
+        return declared
+    raise DataFormatError(f"{where}, key 'labels': meta.json declares task {declared!r}, which "
+                          f"labels of shape {y.shape} and dtype {y.dtype} cannot hold (expected "
+                          f"{'(N,)' if declared != 'multilabel' else '(N, K)'} labels)")
 
 
-def _read_file(path: Path, split: str, cleaner: NonFiniteCounter) -> tuple[dict, str]:
-    where = f"{path} (split {split!r})"
+def _load_arrays(path: Path, where: str) -> dict[str, np.ndarray]:
     try:
         z = np.load(path, allow_pickle=False)
-    except Exception as exc:
-        raise DataFormatError(f"{where}: cannot read as .npz ({exc})") from exc
+    except Exception as exc:  # numpy and zipfile raise many types for a file that is no archive
+        raise DataFormatError(f"{where}: cannot read as .npz ({type(exc).__name__}: {exc})") \
+            from exc
+    if not isinstance(z, np.lib.npyio.NpzFile):
+        raise DataFormatError(f"{where}: cannot read as .npz (a single .npy array, not an "
+                              "archive of named arrays)")
     arrays = {}
     with z:
         for key in z.files:
             try:
                 arrays[key] = z[key]
-            except ValueError as exc:  # object arrays need pickle, which we refuse
-                raise DataFormatError(
-                    f"{where}, key {key!r}: cannot load without pickle ({exc}); store strings "
-                    "as a unicode array (np.array(ids, dtype=str))") from exc
+            # A damaged member fails with BadZipFile (CRC), zlib.error, EOFError, ValueError
+            # (header), ...: all mean the file is bad.
+            except Exception as exc:
+                if "allow_pickle" in str(exc):  # an object array, which needs pickle
+                    raise DataFormatError(
+                        f"{where}, key {key!r}: cannot load without pickle ({exc}); store "
+                        "strings as a unicode array (np.array(ids, dtype=str))") from exc
+                raise DataFormatError(f"{where}, key {key!r}: damaged array "
+                                      f"({type(exc).__name__}: {exc})") from exc
+    return arrays
+
+
+def _read_file(path: Path, split: str, cleaner: NonFiniteCounter,
+               declared_task: str | None = None) -> tuple[dict, str]:
+    where = f"{path} (split {split!r})"
+    arrays = _load_arrays(path, where)
     if "labels" not in arrays:
         raise DataFormatError(f"{where}: missing key 'labels' (expected (N,) or (N, K) array); "
                               f"keys present: {sorted(arrays)}")
     y = arrays.pop("labels")
-    task = _task_of(y, where)
+    task = _task_of(y, where, declared_task)
     n = y.shape[0]
     check_finite_labels(y, f"{where}, key 'labels'")
     if task == "classification":
-        y = y.astype(np.int64)
-        if y.size and y.min() < 0:
-            raise DataFormatError(f"{where}, key 'labels': class ids must be >= 0, got {y.min()}")
+        y = class_labels(y, f"{where}, key 'labels'")
     elif task == "multilabel":
         if y.size and not np.isin(y, (0, 1)).all():
             raise DataFormatError(f"{where}, key 'labels': (N, K) multi-label targets must be 0/1")
@@ -83,6 +116,8 @@ def _read_file(path: Path, split: str, cleaner: NonFiniteCounter) -> tuple[dict,
         y = y.astype(np.float32)
 
     def rows(key, a):
+        if a.ndim == 0:
+            raise DataFormatError(f"{where}, key {key!r}: a scalar, expected {n} rows")
         if a.shape[0] != n:
             raise DataFormatError(
                 f"{where}, key {key!r}: {a.shape[0]} samples but 'labels' has {n}")
@@ -97,9 +132,10 @@ def _read_file(path: Path, split: str, cleaner: NonFiniteCounter) -> tuple[dict,
         ids = np.array([f"{split}_{i}" for i in range(n)])
     present = arrays.pop("present", None)
     if present is not None:
-        if present.ndim != 2:
-            raise DataFormatError(
-                f"{where}, key 'present': expected (N, M) bool, got {present.shape}")
+        if present.ndim != 2 or not (present.dtype == bool
+                                     or np.issubdtype(present.dtype, np.integer)):
+            raise DataFormatError(f"{where}, key 'present': expected (N, M) bool, got "
+                                  f"{present.dtype} {present.shape}")
         present = rows("present", present).astype(bool)
     extra = {}
     for key in [k for k in arrays if k.startswith("labels_")]:
@@ -147,6 +183,36 @@ def _read_file(path: Path, split: str, cleaner: NonFiniteCounter) -> tuple[dict,
             "extra_labels": extra}, task
 
 
+def _read_meta(path: Path) -> dict:
+    """meta.json as a dict ({} when absent), every value checked; errors name the file."""
+    if not path.is_file():
+        return {}
+    try:
+        meta = json.loads(path.read_text())
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
+        raise DataFormatError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(meta, dict) or set(meta) - _META_KEYS:
+        raise DataFormatError(f"{path}: expected an object with keys from "
+                              f"{sorted(_META_KEYS)}, got {meta!r:.200}")
+    names = meta.get("modality_names", [])
+    checks = {
+        "name": isinstance(meta.get("name", ""), str),
+        "metric_family": meta.get("metric_family", "regression") in METRIC_FAMILIES,
+        "task": meta.get("task", "regression") in TASKS,
+        "num_outputs": type(meta.get("num_outputs", 1)) is int and meta.get("num_outputs", 1) > 0,
+        "modality_names": isinstance(names, list) and len(set(map(str, names))) == len(names)
+        and all(isinstance(m, str) for m in names),
+    }
+    expected = {"name": "a string", "metric_family": f"one of {METRIC_FAMILIES}",
+                "task": f"one of {TASKS}", "num_outputs": "a positive integer",
+                "modality_names": "a list of distinct strings"}
+    for key, ok in checks.items():
+        if not ok:
+            raise DataFormatError(f"{path}, key {key!r}: expected {expected[key]}, got "
+                                  f"{meta[key]!r:.200}")
+    return meta
+
+
 def read_npz_folder(folder, *, name: str | None = None, metric_family: str | None = None,
                     valid_fraction: float = 0.0, split_seed: int = 0) -> MultimodalData:
     """Read a generic npz folder as stored (no alignment; ``load_dataset`` aligns).
@@ -167,18 +233,13 @@ def read_npz_folder(folder, *, name: str | None = None, metric_family: str | Non
     if not (folder / "train.npz").is_file():
         raise DataFormatError(f"{folder}: missing train.npz (expected train.npz and optional "
                               "valid.npz, test.npz)")
-    meta = {}
-    if (folder / "meta.json").is_file():
-        meta = json.loads((folder / "meta.json").read_text())
-        if not isinstance(meta, dict) or set(meta) - _META_KEYS:
-            raise DataFormatError(f"{folder / 'meta.json'}: expected an object with keys from "
-                                  f"{sorted(_META_KEYS)}, got {meta!r:.200}")
+    meta = _read_meta(folder / "meta.json")
     cleaner = NonFiniteCounter(str(folder))
     parts, tasks = {}, {}
     for s in SPLIT_NAMES:
         p = folder / f"{s}.npz"
         if p.is_file():
-            parts[s], tasks[s] = _read_file(p, s, cleaner)
+            parts[s], tasks[s] = _read_file(p, s, cleaner, meta.get("task"))
     cleaner.warn()
 
     train = parts["train"]
@@ -210,8 +271,12 @@ def read_npz_folder(folder, *, name: str | None = None, metric_family: str | Non
     elif task == "multilabel":
         num_outputs = int(train["labels"].shape[1])
     else:
-        top = max(int(p["labels"].max(initial=0)) for p in parts.values()) + 1
-        num_outputs = int(meta.get("num_outputs", top))
+        labels = [p["labels"] for p in parts.values()]
+        if "num_outputs" in meta:
+            top = max(int(y.max(initial=0)) for y in labels) + 1
+            num_outputs = meta["num_outputs"]
+        else:
+            num_outputs = top = inferred_num_classes(labels, f"{folder}, key 'labels'")
         if num_outputs < top:
             raise DataFormatError(f"{folder / 'meta.json'}: num_outputs={num_outputs} but labels "
                                   f"reach class {top - 1}")

@@ -38,6 +38,7 @@ import math
 
 import numpy as np
 
+from ..errors import UserInputError
 from ._types import MultimodalData, Split
 
 MODALITIES = ("text", "audio", "vision")
@@ -162,18 +163,18 @@ def make_synthetic(n_train: int = 2000, n_valid: int = 500, n_test: int = 1000,
     """
     dims = dict(DEFAULT_DIMS if dims is None else dims)
     if sorted(dims) != sorted(MODALITIES) or min(dims.values()) < N_DISTRACTORS + 2:
-        raise ValueError(f"dims must give text, audio, vision sizes >= {N_DISTRACTORS + 2}, "
-                         f"got {dims}")
+        raise UserInputError(f"dims must give text, audio, vision sizes >= {N_DISTRACTORS + 2}, "
+                             f"got {dims}")
     min_len = math.ceil(min_length_fraction * seq_len)
     if not 0 < min_length_fraction <= 1 or min_len < 2 * window + 3:
-        raise ValueError(f"seq_len={seq_len} with min_length_fraction={min_length_fraction} "
-                         f"gives valid lengths from {min_len}, shorter than one cue slot "
-                         f"(2 * window + 3 = {2 * window + 3})")
+        raise UserInputError(f"seq_len={seq_len} with min_length_fraction={min_length_fraction} "
+                             f"gives valid lengths from {min_len}, shorter than one cue slot "
+                             f"(2 * window + 3 = {2 * window + 3})")
     if window < 1:
-        raise ValueError(f"window must be >= 1, got {window}")
+        raise UserInputError(f"window must be >= 1, got {window}")
     if n_train < 1 or n_valid < 0 or n_test < 0:
-        raise ValueError(f"split sizes must be n_train >= 1, n_valid/n_test >= 0, got "
-                         f"{n_train}, {n_valid}, {n_test}")
+        raise UserInputError(f"split sizes must be n_train >= 1, n_valid/n_test >= 0, got "
+                             f"{n_train}, {n_valid}, {n_test}")
     pattern_ss, *split_ss = np.random.SeedSequence(seed).spawn(4)
     prng = np.random.default_rng(pattern_ss)
     t_cue, t_dec = _orthonormal(prng, dims["text"], 2)
