@@ -126,7 +126,10 @@ def test_sims_labels_and_torch_tensors(tmp_path, padded):
                                                                          "test")}
     obj["train"]["audio"] = torch.from_numpy(obj["train"]["audio"])  # return_type='pt' files
     path = write(tmp_path / "SIMS" / "Processed" / "unaligned_39.pkl", obj)
-    data = read_mmsa_pickle(path)
+    # Torch tensors need torch's own globals, which only a trusted load resolves.
+    with pytest.raises(DataFormatError, match="torch._utils._rebuild_tensor_v2.*--trust-pickle"):
+        read_mmsa_pickle(path)
+    data = read_mmsa_pickle(path, trust_pickle=True)
     assert data.name == "sims" and data.metric_family == "sims"
     assert sorted(data.train.extra_labels) == [f"regression_labels_{k}" for k in "ATV"]
     np.testing.assert_allclose(data.valid.extra_labels["regression_labels_T"],

@@ -8,9 +8,12 @@ with ``text`` (N, L_t, 768) BERT features, ``text_bert`` (N, 3, L_t) [ids; atten
 segments], ``audio`` (N, L_a, d_a), ``vision`` (N, L_v, d_v), ``audio_lengths``/``vision_lengths``
 (unaligned files only), ``regression_labels`` (N,), SIMS' ``regression_labels_T/A/V``, ``id``.
 
-SECURITY: unpickling runs code embedded in the file. Only load pickles you trust (for example the
-files whose SHA-256 the MMSA README lists). :func:`mmsa_to_npz` converts a trusted pickle once to
-the generic npz folder, which loads without pickle. This module is the only place that unpickles.
+SECURITY: unpickling can run code named in the file. Pickles are read with a restricted
+unpickler (:mod:`._pickle`) that rebuilds only numpy arrays, numpy scalars and builtin containers
+and refuses every other global, naming it; ``trust_pickle=True`` (``--trust-pickle``) is the
+explicit opt-out for trusted files that need more, such as MMSA-FET's torch tensors.
+:func:`mmsa_to_npz` converts a pickle once to the generic npz folder, which loads without pickle.
+This module (through :mod:`._pickle`) is the only place that unpickles.
 """
 
 from __future__ import annotations
@@ -22,14 +25,17 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import UserInputError
 from ._common import (
     NonFiniteCounter,
     as_array,
     check_finite_labels,
     clip_lengths,
     last_nonzero_lengths,
+    numeric_array,
     warn_clipped,
 )
+from ._pickle import load_pickle
 from ._types import SPLIT_NAMES, DataFormatError, MultimodalData, Split
 
 MMSA_MODALITIES = ("text", "audio", "vision")
@@ -62,7 +68,7 @@ def _read_split(raw, split: str, modalities, source: str, cleaner: NonFiniteCoun
         raise DataFormatError(f"{where}: expected a dict of arrays, got {type(raw).__name__}")
     if "regression_labels" not in raw:
         raise DataFormatError(f"{where}: missing key 'regression_labels' (expected (N,) float)")
-    labels = as_array(raw["regression_labels"], f"{where}, key 'regression_labels'")
+    labels = numeric_array(raw["regression_labels"], f"{where}, key 'regression_labels'")
     labels = labels.astype(np.float32).reshape(-1) if labels.ndim == 2 and labels.shape[1] == 1 \
         else labels.astype(np.float32)
     if labels.ndim != 1:
@@ -76,8 +82,8 @@ def _read_split(raw, split: str, modalities, source: str, cleaner: NonFiniteCoun
         if m not in raw:
             raise DataFormatError(
                 f"{where}: missing key {m!r} (expected an (N, L, d) feature array; "
-                f"keys present: {sorted(raw)})")
-        x = as_array(raw[m], f"{where}, key {m!r}")
+                f"keys present: {sorted(map(str, raw))})")
+        x = numeric_array(raw[m], f"{where}, key {m!r}")
         if x.ndim != 3:
             raise DataFormatError(f"{where}, key {m!r}: expected rank 3 (N, L, d), got {x.shape}")
         if x.shape[0] != n:
@@ -88,7 +94,7 @@ def _read_split(raw, split: str, modalities, source: str, cleaner: NonFiniteCoun
         mods[m] = x
         lkey = f"{m}_lengths"
         if lkey in raw:
-            ln = as_array(raw[lkey], f"{where}, key {lkey!r}").reshape(-1)
+            ln = numeric_array(raw[lkey], f"{where}, key {lkey!r}").reshape(-1)
             if ln.shape != (n,):
                 raise DataFormatError(
                     f"{where}, key {lkey!r}: expected shape ({n},), got {ln.shape}")
@@ -96,7 +102,7 @@ def _read_split(raw, split: str, modalities, source: str, cleaner: NonFiniteCoun
                 raise DataFormatError(f"{where}, key {lkey!r}: non-finite length")
             ln = ln.astype(np.int64)
         elif m == "text" and "text_bert" in raw:
-            tb = as_array(raw["text_bert"], f"{where}, key 'text_bert'")
+            tb = numeric_array(raw["text_bert"], f"{where}, key 'text_bert'")
             if tb.ndim != 3 or tb.shape[0] != n or tb.shape[1] != 3:
                 raise DataFormatError(
                     f"{where}, key 'text_bert': expected shape ({n}, 3, L_t), got {tb.shape}")
@@ -108,8 +114,11 @@ def _read_split(raw, split: str, modalities, source: str, cleaner: NonFiniteCoun
         lengths[m] = clip_lengths(ln, x.shape[1], f"{split}/{m}", clipped)
 
     extra = {}
-    for key in sorted(k for k in raw if k.startswith("regression_labels_")):
-        y = as_array(raw[key], f"{where}, key {key!r}").astype(np.float32).reshape(n, -1).squeeze(1)
+    for key in sorted(k for k in raw if isinstance(k, str) and k.startswith("regression_labels_")):
+        y = numeric_array(raw[key], f"{where}, key {key!r}").astype(np.float32)
+        if y.size != n:
+            raise DataFormatError(f"{where}, key {key!r}: expected shape ({n},), got {y.shape}")
+        y = y.reshape(n)
         check_finite_labels(y, f"{where}, key {key!r}")
         extra[key] = y
     if "id" in raw:
@@ -122,15 +131,18 @@ def _read_split(raw, split: str, modalities, source: str, cleaner: NonFiniteCoun
 
 
 def read_mmsa_pickle(path, *, name: str | None = None, metric_family: str | None = None,
-                     modalities=MMSA_MODALITIES) -> MultimodalData:
+                     modalities=MMSA_MODALITIES, trust_pickle: bool = False) -> MultimodalData:
     """Read an MMSA feature pickle as stored (no alignment; see ``load_dataset`` for that).
 
     Args:
-        path: ``aligned_50.pkl`` / ``unaligned_50.pkl`` / ... (TRUSTED files only: pickle).
+        path: ``aligned_50.pkl`` / ``unaligned_50.pkl`` / ...
         name: dataset name; default inferred from the path (mosi, mosei, sims, simsv2), else
             from what :func:`write_mmsa_pickle` stored, else the file stem.
         metric_family: default = the name if it is an MMSA dataset, else "regression".
         modalities: which of text/audio/vision to read, in this order.
+        trust_pickle: unpickle with the standard loader, which runs any code the file names
+            (default: only numpy arrays, numpy scalars and builtin containers are rebuilt; any
+            other global raises ``UnsafePickleError`` naming it).
     Returns:
         MultimodalData, task "regression", possibly unaligned (modalities of different L).
         Lengths: ``*_lengths`` when stored, text from the ``text_bert`` mask, else 1 + the last
@@ -143,12 +155,11 @@ def read_mmsa_pickle(path, *, name: str | None = None, metric_family: str | None
     modalities = list(modalities)
     unknown = [m for m in modalities if m not in MMSA_MODALITIES]
     if unknown or not modalities:
-        raise ValueError(f"modalities must be a non-empty subset of {MMSA_MODALITIES}, got "
-                         f"{modalities}")
-    with open(path, "rb") as f:
-        obj = pickle.load(f)  # executes code from the file: trusted files only (module docstring)
+        raise UserInputError(f"modalities must be a non-empty subset of {MMSA_MODALITIES}, "
+                             f"got {modalities}")
+    obj = load_pickle(path, trust=trust_pickle)
     if not isinstance(obj, dict) or "train" not in obj:
-        keys = sorted(obj) if isinstance(obj, dict) else type(obj).__name__
+        keys = sorted(map(str, obj)) if isinstance(obj, dict) else type(obj).__name__
         raise DataFormatError(
             f"{path}: expected a dict with keys 'train', 'valid', 'test', got {keys}")
     cleaner, clipped = NonFiniteCounter(str(path)), {}
@@ -158,6 +169,10 @@ def read_mmsa_pickle(path, *, name: str | None = None, metric_family: str | None
     warn_clipped(clipped, str(path), "stored lengths outside the padded length")
 
     meta = obj.get("config", {}).get(_META_KEY, {}) if isinstance(obj.get("config"), dict) else {}
+    if not isinstance(meta, dict) or not all(isinstance(meta.get(k, ""), str)
+                                             for k in ("name", "metric_family")):
+        raise DataFormatError(f"{path}: config[{_META_KEY!r}] must be a dict of strings (name, "
+                              f"metric_family), got {meta!r:.200}")
     inferred = infer_mmsa_name(path)
     # What our own writer recorded beats guessing from the path.
     name = name or meta.get("name") or inferred or path.stem
@@ -184,6 +199,8 @@ def read_mmsa_pickle(path, *, name: str | None = None, metric_family: str | None
 
 def write_mmsa_pickle(data: MultimodalData, path, *, with_lengths: bool = True) -> Path:
     """Write ``data`` in the MMSA pickle layout (the inverse of :func:`read_mmsa_pickle`).
+
+    The file holds only dicts, numpy arrays and strings, so the restricted loader reads it.
 
     Args:
         data: regression data with modalities exactly text, audio, vision and no present mask.
@@ -226,11 +243,11 @@ def write_mmsa_pickle(data: MultimodalData, path, *, with_lengths: bool = True) 
 
 
 def mmsa_to_npz(pkl_path, out_folder, **options) -> Path:
-    """Convert a (trusted) MMSA pickle to the generic npz folder, keeping it unaligned.
+    """Convert an MMSA pickle to the generic npz folder, keeping it unaligned.
 
     Args:
         pkl_path: the pickle; options: as :func:`read_mmsa_pickle` (name, metric_family,
-            modalities).
+            modalities, trust_pickle).
         out_folder: folder for ``train.npz``, ``valid.npz``, ``test.npz`` and ``meta.json``.
     Returns:
         the folder. Features are stored after non-finite cleaning, with their lengths, so
