@@ -115,3 +115,17 @@ def test_model_input_errors_name_the_argument(make_config, make_inputs):
         model(xs, present=torch.ones(3, 2, dtype=torch.bool))
     with pytest.raises(ValueError, match="unexpected \\['video'\\]"):
         model({"text": xs[0], "audio": xs[1], "video": xs[2]})
+
+
+def test_input_dtype_must_match_the_weights(make_config, make_inputs):
+    """A float64 input to a float32 model names the input, not torch's matmul."""
+    cfg = make_config(modality_names=["text", "audio", "vision"])
+    model = create_model("coupled_mamba", cfg)
+    xs = make_inputs(cfg)
+    with pytest.raises(ValueError, match=r"inputs\[0\] \('text'\): dtype torch\.float64, but "
+                       r"the model's weights are torch\.float32"):
+        model([xs[0].double(), xs[1], xs[2]])
+    state = model.allocate_cache(xs[0].shape[0])
+    with pytest.raises(ValueError, match=r"inputs\[2\] \('vision'\): dtype torch\.float64"):
+        model.step([xs[0][:, 0], xs[1][:, 0], xs[2][:, 0].double()], state)
+    model.double()([x.double() for x in xs])  # a float64 model takes float64 inputs

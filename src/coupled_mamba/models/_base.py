@@ -12,9 +12,11 @@ import json
 import os
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_model, save_model
 from torch import nn
 
+from ..errors import UserInputError
 from ..modules._inputs import prepare_inputs
 from ..modules.heads import PoolFuseHead
 from ..modules.layers import FeatureStandardize, ModalityProjection
@@ -62,7 +64,7 @@ class MultimodalModel(nn.Module):
         """Validate and project. Returns (projected M x (B, L, d), masks, present, valid)."""
         cfg = self.config
         xs, masks, present, valid = prepare_inputs(  # valid: (M, B, L) or None
-            inputs, mask, present, cfg.modality_names, cfg.input_dims)
+            inputs, mask, present, cfg.modality_names, cfg.input_dims, dtype=self.weight_dtype)
         if valid is not None:
             xs = [torch.where(valid[m][..., None], x, 0.0) for m, x in enumerate(xs)]
         return self.project(xs), masks, present, valid
@@ -85,6 +87,11 @@ class MultimodalModel(nn.Module):
                                  f"({norm.shift.numel()},) statistics, got {shapes[0]} and "
                                  f"{shapes[1]}")
             norm.set_statistics(mean, std)
+
+    @property
+    def weight_dtype(self) -> torch.dtype:
+        """The dtype of the input projections, which the inputs must share."""
+        return next(self.projections.parameters()).dtype
 
     def encode(self, inputs, mask=None, present=None) -> list[torch.Tensor]:
         """The encoder outputs: a list of M tensors (B, L, d_model)."""
@@ -133,25 +140,29 @@ def from_pretrained(directory: str | os.PathLike, device: str | torch.device = "
     directory = os.fspath(directory)
     cfg_path = os.path.join(directory, CONFIG_NAME)
     if not os.path.isfile(cfg_path):
-        raise ValueError(f"{cfg_path}: not found (expected a save_pretrained directory)")
-    with open(cfg_path) as f:
+        raise UserInputError(f"{cfg_path}: not found (expected a save_pretrained directory)")
+    with open(cfg_path, "rb") as f:
         try:
             data = json.load(f)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{cfg_path}: not valid JSON ({exc})") from None
+        except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
+            raise UserInputError(f"{cfg_path}: not valid JSON ({exc})") from None
     if not isinstance(data, dict) or "model_name" not in data:
-        raise ValueError(f"{cfg_path}: missing the key 'model_name' (the registry name)")
+        raise UserInputError(f"{cfg_path}: missing the key 'model_name' (the registry name)")
     name = data.pop("model_name")
     try:
         config = CoupledMambaConfig.from_dict(data)
-    except ValueError as exc:
-        raise ValueError(f"{cfg_path}: {exc}") from None
+        model = create_model(name, config)
+    except UserInputError as exc:
+        raise UserInputError(f"{cfg_path}: {exc}") from None
     weights = os.path.join(directory, WEIGHTS_NAME)
     if not os.path.isfile(weights):
-        raise ValueError(f"{weights}: not found")
-    model = create_model(name, config)
-    missing, unexpected = load_model(model, weights, strict=False, device=str(device))
+        raise UserInputError(f"{weights}: not found")
+    try:
+        missing, unexpected = load_model(model, weights, strict=False, device=str(device))
+    except (SafetensorError, RuntimeError) as exc:  # damaged file; shape mismatch
+        raise UserInputError(f"{weights}: cannot load ({type(exc).__name__}: "
+                             f"{' '.join(str(exc).split())})") from None
     if missing or unexpected:
-        raise ValueError(f"{weights}: does not match {name!r} built from {cfg_path} "
-                         f"(missing {sorted(missing)}, unexpected {sorted(unexpected)})")
+        raise UserInputError(f"{weights}: does not match {name!r} built from {cfg_path} "
+                             f"(missing {sorted(missing)}, unexpected {sorted(unexpected)})")
     return model.to(device).eval()

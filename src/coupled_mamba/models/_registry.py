@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
+from ..errors import UserInputError
 from .config import CoupledMambaConfig
 
 
@@ -52,7 +53,7 @@ def list_models() -> list[str]:
 def model_entry(name: str) -> ModelEntry:
     """The registry entry of ``name`` (class, fixed config fields, one-line description)."""
     if name not in _REGISTRY:
-        raise ValueError(f"model: unknown name {name!r}; registered models: {list_models()}")
+        raise UserInputError(f"model: unknown name {name!r}; registered models: {list_models()}")
     return _REGISTRY[name]
 
 

@@ -11,6 +11,7 @@ import json
 import os
 from dataclasses import dataclass
 
+from ..errors import UserInputError
 from ..modules.coupled_mamba import check_coupling, check_coupling_mask
 from ..modules.heads import FUSIONS, POOLINGS
 from ..ops import IMPLS
@@ -22,12 +23,12 @@ METADATA_KEYS = ("model_name",)
 
 def _positive_int(name: str, value) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name}: expected a positive integer, got {value!r}")
+        raise UserInputError(f"{name}: expected a positive integer, got {value!r}")
 
 
 def _positive_float(name: str, value) -> None:
     if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:
-        raise ValueError(f"{name}: expected a positive number, got {value!r}")
+        raise UserInputError(f"{name}: expected a positive number, got {value!r}")
 
 
 @dataclass
@@ -36,7 +37,8 @@ class CoupledMambaConfig:
 
     Only ``input_dims`` is required; it is read from the data, never hard-coded.
     Derived values are filled in ``__post_init__`` (``dt_rank``, ``modality_names``); ``d_inner``
-    and ``n_modalities`` are properties. Invalid values raise ValueError naming the field.
+    and ``n_modalities`` are properties. Invalid values raise UserInputError (a ValueError)
+    naming the field.
     """
 
     # --- data ---------------------------------------------------------------------------------
@@ -83,7 +85,7 @@ class CoupledMambaConfig:
         if isinstance(dims, tuple):
             dims = list(dims)
         if not isinstance(dims, list) or not dims:
-            raise ValueError(f"input_dims: expected a non-empty list of ints, got {dims!r}")
+            raise UserInputError(f"input_dims: expected a non-empty list of ints, got {dims!r}")
         for i, d in enumerate(dims):
             _positive_int(f"input_dims[{i}]", d)
         self.input_dims = dims
@@ -94,21 +96,22 @@ class CoupledMambaConfig:
             names = [f"m{i}" for i in range(M)]
         names = list(names) if isinstance(names, (list, tuple)) else names
         if not isinstance(names, list) or not all(isinstance(n, str) and n for n in names):
-            raise ValueError(f"modality_names: expected a list of non-empty strings, got {names!r}")
+            raise UserInputError(f"modality_names: expected a list of non-empty strings, got "
+                                 f"{names!r}")
         if len(names) != M:
-            raise ValueError(
+            raise UserInputError(
                 f"modality_names: got {len(names)} names {names}, but input_dims has M = {M} "
                 "modalities"
             )
         if len(set(names)) != M:
-            raise ValueError(f"modality_names: names must be unique, got {names}")
+            raise UserInputError(f"modality_names: names must be unique, got {names}")
         self.modality_names = names
 
         if self.task not in TASKS:
-            raise ValueError(f"task: unknown task {self.task!r}; expected one of {TASKS}")
+            raise UserInputError(f"task: unknown task {self.task!r}; expected one of {TASKS}")
         _positive_int("num_outputs", self.num_outputs)
         if self.task == "classification" and self.num_outputs < 2:
-            raise ValueError(
+            raise UserInputError(
                 f"num_outputs: classification needs >= 2 classes (logits), got {self.num_outputs}"
             )
 
@@ -126,23 +129,24 @@ class CoupledMambaConfig:
         for name in ("dt_min", "dt_max", "dt_scale", "dt_init_floor", "norm_eps"):
             _positive_float(name, getattr(self, name))
         if self.dt_min > self.dt_max:
-            raise ValueError(f"dt_min: {self.dt_min} is larger than dt_max = {self.dt_max}")
+            raise UserInputError(f"dt_min: {self.dt_min} is larger than dt_max = {self.dt_max}")
         if self.dt_init not in ("random", "constant"):
-            raise ValueError(f"dt_init: expected 'random' or 'constant', got {self.dt_init!r}")
+            raise UserInputError(f"dt_init: expected 'random' or 'constant', got {self.dt_init!r}")
         if self.pooling not in POOLINGS:
-            raise ValueError(f"pooling: unknown mode {self.pooling!r}; expected one of {POOLINGS}")
+            raise UserInputError(f"pooling: unknown mode {self.pooling!r}; expected one of "
+                                 f"{POOLINGS}")
         if self.fusion not in FUSIONS:
-            raise ValueError(f"fusion: unknown mode {self.fusion!r}; expected one of {FUSIONS}")
+            raise UserInputError(f"fusion: unknown mode {self.fusion!r}; expected one of {FUSIONS}")
         if not isinstance(self.dropout, (int, float)) or not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout: expected a probability in [0, 1), got {self.dropout!r}")
+            raise UserInputError(f"dropout: expected a probability in [0, 1), got {self.dropout!r}")
         if self.scan_impl not in IMPLS:
-            raise ValueError(f"scan_impl: unknown implementation {self.scan_impl!r}; "
-                             f"expected one of {IMPLS}")
+            raise UserInputError(f"scan_impl: unknown implementation {self.scan_impl!r}; "
+                                 f"expected one of {IMPLS}")
         if self.inference_chunk is not None:
             _positive_int("inference_chunk", self.inference_chunk)
         for name in ("conv_bias", "bias", "rescale_prenorm_residual", "materialize_attention"):
             if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"{name}: expected a bool, got {getattr(self, name)!r}")
+                raise UserInputError(f"{name}: expected a bool, got {getattr(self, name)!r}")
 
     # --- derived ---------------------------------------------------------------------------------
     @property
@@ -162,15 +166,15 @@ class CoupledMambaConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> CoupledMambaConfig:
-        """Build a config from :meth:`to_dict` output; unknown keys raise ValueError."""
+        """Build a config from :meth:`to_dict` output; unknown keys raise UserInputError."""
         if not isinstance(data, dict):
-            raise ValueError(f"config: expected a dict, got {type(data).__name__}")
+            raise UserInputError(f"config: expected a dict, got {type(data).__name__}")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise ValueError(f"config: unknown keys {unknown}; known keys are {sorted(known)}")
+            raise UserInputError(f"config: unknown keys {unknown}; known keys are {sorted(known)}")
         if "input_dims" not in data:
-            raise ValueError("config: missing required key 'input_dims'")
+            raise UserInputError("config: missing required key 'input_dims'")
         return cls(**data)
 
     def save(self, path: str | os.PathLike) -> str:
@@ -194,11 +198,11 @@ class CoupledMambaConfig:
             with open(path) as f:
                 data = json.load(f)
         except json.JSONDecodeError as exc:
-            raise ValueError(f"{path}: not valid JSON ({exc})") from None
+            raise UserInputError(f"{path}: not valid JSON ({exc})") from None
         if not isinstance(data, dict):
-            raise ValueError(f"{path}: expected a JSON object, got {type(data).__name__}")
+            raise UserInputError(f"{path}: expected a JSON object, got {type(data).__name__}")
         data = {k: v for k, v in data.items() if k not in METADATA_KEYS}
         try:
             return cls.from_dict(data)
-        except ValueError as exc:
-            raise ValueError(f"{path}: {exc}") from None
+        except UserInputError as exc:
+            raise UserInputError(f"{path}: {exc}") from None

@@ -107,7 +107,7 @@ class CoupledMambaModel(MultimodalModel):
         cfg = self.config
         xs, masks, present, valid = prepare_inputs(  # valid: (M, B) or None
             inputs, mask, present, cfg.modality_names, cfg.input_dims,
-            batch=state.encoder.batch_size, step=True)
+            batch=state.encoder.batch_size, step=True, dtype=self.weight_dtype)
         if valid is not None:
             xs = [torch.where(valid[m][:, None], x, 0.0) for m, x in enumerate(xs)]
         projected = self.project(xs)

@@ -86,6 +86,19 @@ def check_sequences(
     return shape0
 
 
+def check_dtype(xs: Sequence[torch.Tensor], names: Sequence[str], dtype: torch.dtype,
+                arg: str = "inputs") -> None:
+    """Check that the M tensors have ``dtype``, the model weights' dtype (torch's own error for
+    a mismatch names no input). Under autocast, which casts per op, any dtype passes."""
+    if torch.is_autocast_enabled(xs[0].device.type):
+        return
+    for m, x in enumerate(xs):
+        if x.dtype != dtype:
+            raise ValueError(f"{arg}[{m}] ({names[m]!r}): dtype {x.dtype}, but the model's "
+                             f"weights are {dtype}; convert the inputs (x.to({dtype})) or the "
+                             f"model (model.to({x.dtype}))")
+
+
 def check_step_inputs(
     xs: Sequence[torch.Tensor], names: Sequence[str], dims: Sequence[int], batch: int | None = None,
     arg: str = "inputs",
@@ -182,9 +195,11 @@ def lengths_to_mask(lengths: torch.Tensor, length: int) -> torch.Tensor:
 
 
 def prepare_inputs(inputs, mask, present, names: Sequence[str], dims: Sequence[int],
-                   batch: int | None = None, step: bool = False):
+                   batch: int | None = None, step: bool = False,
+                   dtype: torch.dtype | None = None):
     """Everything above in one call, for a forward (``step=False``: tensors (B, L, d_m), masks
-    (B, L)) or one streaming step (``step=True``: tensors (B, d_m), masks (B,)).
+    (B, L)) or one streaming step (``step=True``: tensors (B, d_m), masks (B,)). ``dtype``: the
+    dtype the tensors must have (:func:`check_dtype`), or None to accept any float.
 
     Returns:
         xs: list of M tensors; masks: list of M (None | bool) or None; present: (B, M) or None;
@@ -195,6 +210,8 @@ def prepare_inputs(inputs, mask, present, names: Sequence[str], dims: Sequence[i
         Bsz, length = check_step_inputs(xs, names, dims, batch), None
     else:
         Bsz, length = check_sequences(xs, names, dims=dims)
+    if dtype is not None:
+        check_dtype(xs, names, dtype)
     device = xs[0].device
     masks = normalize_masks(mask, names, Bsz, length, device)
     present = normalize_present(present, len(names), Bsz, device)

@@ -40,6 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import UserInputError
 from ..ops import IMPLS, coupled_selective_scan
 from ..ops._coupling import resolve_coupling
 from ._inputs import prepare_inputs
@@ -52,7 +53,7 @@ def check_coupling(coupling, arg: str = "coupling") -> str | float:
     """Validate a model-level coupling: one of COUPLING_MODES or a float alpha in [0, 1]."""
     if isinstance(coupling, str):
         if coupling not in COUPLING_MODES:
-            raise ValueError(
+            raise UserInputError(
                 f"{arg}: unknown mode {coupling!r}; expected one of {COUPLING_MODES} "
                 "or a float alpha in [0, 1]"
             )
@@ -60,9 +61,9 @@ def check_coupling(coupling, arg: str = "coupling") -> str | float:
     if isinstance(coupling, (int, float)) and not isinstance(coupling, bool):
         alpha = float(coupling)
         if not 0.0 <= alpha <= 1.0:
-            raise ValueError(f"{arg}: alpha must lie in [0, 1], got {alpha}")
+            raise UserInputError(f"{arg}: alpha must lie in [0, 1], got {alpha}")
         return alpha
-    raise ValueError(
+    raise UserInputError(
         f"{arg}: expected one of {COUPLING_MODES} or a float in [0, 1], "
         f"got {type(coupling).__name__}"
     )
@@ -80,17 +81,17 @@ def check_coupling_mask(mask, n_modalities: int, arg: str = "coupling_mask") -> 
     try:
         rows = [list(r) for r in mask]
     except TypeError:
-        raise ValueError(f"{arg}: expected an (M, M) = ({M}, {M}) nested list of 0/1") from None
+        raise UserInputError(f"{arg}: expected an (M, M) = ({M}, {M}) nested list of 0/1") from None
     if len(rows) != M or any(len(r) != M for r in rows):
         shape = (len(rows), *sorted({len(r) for r in rows}))
-        raise ValueError(f"{arg}: got shape {shape}, expected (M, M) = ({M}, {M})")
+        raise UserInputError(f"{arg}: got shape {shape}, expected (M, M) = ({M}, {M})")
     out = []
     for m, r in enumerate(rows):
         if any(v not in (0, 1) for v in r):  # bools and 0.0/1.0 compare equal to 0/1
-            raise ValueError(f"{arg}: row {m} = {r} has entries other than 0/1")
+            raise UserInputError(f"{arg}: row {m} = {r} has entries other than 0/1")
         out.append([int(v) for v in r])
         if out[m][m] != 1:
-            raise ValueError(
+            raise UserInputError(
                 f"{arg}: diagonal entry [{m}][{m}] must be 1 (a chain keeps its own state)")
     return out
 

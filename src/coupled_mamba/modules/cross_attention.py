@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import UserInputError
 from ._inputs import prepare_inputs
 
 
@@ -52,7 +53,7 @@ class MultiheadCrossAttention(nn.Module):
     def __init__(self, d_model: int, n_heads: int, dropout: float = 0.0, materialize: bool = False):
         super().__init__()
         if d_model % n_heads:
-            raise ValueError(
+            raise UserInputError(
                 f"n_heads: d_model = {d_model} is not divisible by n_heads = {n_heads}")
         self.d_model, self.n_heads, self.dropout, self.materialize = (
             d_model, n_heads, dropout, materialize)
@@ -139,7 +140,7 @@ class CrossModalEncoder(nn.Module):
         super().__init__()
         M = n_modalities
         if M < 2:
-            raise ValueError(
+            raise UserInputError(
                 f"input_dims: cross-attention needs at least 2 modalities, got M = {M}")
         if n_layers < 1:
             raise ValueError(f"n_layers: expected >= 1, got {n_layers}")
