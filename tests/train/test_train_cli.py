@@ -9,44 +9,18 @@ import types
 
 import numpy as np
 import pytest
-from train_helpers import tiny_data, tiny_overrides
+from train_helpers import one_line_error, one_line_usage_error, tiny_data, tiny_sets
 
 from coupled_mamba.data import load_dataset, write_mmsa_pickle, write_npz_folder
 from coupled_mamba.metrics import compute_metrics
 from coupled_mamba.train import cli
 
 
-def _sets(**train):
-    return [a for s in tiny_overrides(**train) for a in ("--set", s)]
-
-
-def _one_line_error(capsys, argv, *words):
-    """The command fails with status 2 and exactly one stderr line containing ``words``."""
-    code = cli.main(argv)
-    err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 or code is None, code
-    assert len(err) == 1, err
-    assert "Traceback" not in err[0] and err[0].startswith("coupled-mamba")
-    for w in words:
-        assert w in err[0], (w, err[0])
-    return err[0]
-
-
-def _one_line_usage_error(capsys, argv, *words):
-    with pytest.raises(SystemExit) as e:
-        cli.main(argv)
-    assert e.value.code == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1, err
-    for w in words:
-        assert w in err[0], (w, err[0])
-
-
 def test_train_evaluate_predict(tmp_path, npz_data, capsys):
     data = npz_data("classification")
     run = tmp_path / "run"
     assert cli.main(["train", "--data", data, "--out", str(run), "--seeds", "2", "--quiet",
-                     *_sets()]) == 0
+                     *tiny_sets()]) == 0
     out = capsys.readouterr().out
     assert "test (mean±std over seeds [1111, 1112])" in out
     metrics = json.loads((run / "metrics.json").read_text())
@@ -88,23 +62,23 @@ def test_train_evaluate_predict(tmp_path, npz_data, capsys):
 def test_predict_validates_the_data(tmp_path, npz_data, capsys):
     run = tmp_path / "run"
     assert cli.main(["train", "--data", npz_data("regression"), "--out", str(run), "--quiet",
-                     *_sets(epochs=1)]) == 0
+                     *tiny_sets(epochs=1)]) == 0
     capsys.readouterr()
     wrong_dims = tmp_path / "dims"
     write_npz_folder(tiny_data("regression", dims=(4, 5)), wrong_dims)
-    _one_line_error(capsys, ["predict", "--run", str(run), "--data", str(wrong_dims), "--out",
+    one_line_error(capsys, ["predict", "--run", str(run), "--data", str(wrong_dims), "--out",
                              str(tmp_path / "p.csv")],
                     "does not fit the trained model", "m0: 4 (expected 3)")
     wrong_mods = tmp_path / "mods"
     write_npz_folder(tiny_data("regression", dims=(3, 5, 2)), wrong_mods)
-    _one_line_error(capsys, ["predict", "--run", str(run), "--data", str(wrong_mods), "--out",
+    one_line_error(capsys, ["predict", "--run", str(run), "--data", str(wrong_mods), "--out",
                              str(tmp_path / "p.csv")],
                     "modalities ['m0', 'm1', 'm2']", "trained on ['m0', 'm1']")
     wrong_task = tmp_path / "task"
     write_npz_folder(tiny_data("classification"), wrong_task)
-    _one_line_error(capsys, ["evaluate", "--run", str(run), "--data", str(wrong_task)],
+    one_line_error(capsys, ["evaluate", "--run", str(run), "--data", str(wrong_task)],
                     "task classification (the model does regression)")
-    _one_line_error(capsys, ["predict", "--run", str(tmp_path), "--data", str(wrong_task),
+    one_line_error(capsys, ["predict", "--run", str(tmp_path), "--data", str(wrong_task),
                              "--out", str(tmp_path / "p.csv")], "not a run directory")
     # A regression prediction file: prediction and label columns.
     assert cli.main(["predict", "--run", str(run), "--data", npz_data("regression"), "--out",
@@ -116,23 +90,23 @@ def test_predict_validates_the_data(tmp_path, npz_data, capsys):
 def test_bad_input_is_one_line(tmp_path, npz_data, capsys):
     data = npz_data("classification")
     out = str(tmp_path / "r")
-    _one_line_error(capsys, ["train", "--data", str(tmp_path / "nope"), "--out", out],
+    one_line_error(capsys, ["train", "--data", str(tmp_path / "nope"), "--out", out],
                     "data not found", "nope")
-    _one_line_usage_error(capsys, ["train", "--data", data, "--out", out, "--model", "bert"],
+    one_line_usage_error(capsys, ["train", "--data", data, "--out", out, "--model", "bert"],
                           "invalid choice: 'bert'", "coupled_mamba")
-    _one_line_error(capsys, ["train", "--data", data, "--out", out, "--set", "train.epoch=1"],
+    one_line_error(capsys, ["train", "--data", data, "--out", out, "--set", "train.epoch=1"],
                     "unknown key 'train.epoch'", "epochs")
-    _one_line_error(capsys, ["train", "--data", data, "--out", out, "--set", "model.width=1"],
+    one_line_error(capsys, ["train", "--data", data, "--out", out, "--set", "model.width=1"],
                     "unknown key 'model.width'", "d_model")
-    _one_line_error(capsys, ["train", "--data", data, "--out", out, "--task", "regression",
-                             *_sets(epochs=1)],
+    one_line_error(capsys, ["train", "--data", data, "--out", out, "--task", "regression",
+                             *tiny_sets(epochs=1)],
                     "incompatible task: --task regression", "classification")
-    _one_line_error(capsys, ["train", "--data", data, "--out", out, "--config",
+    one_line_error(capsys, ["train", "--data", data, "--out", out, "--config",
                              str(tmp_path / "none.yaml")], "config file not found")
-    _one_line_error(capsys, ["train", "--data", data, "--out", out, "--coupling", "strong",
-                             *_sets(epochs=1)], "coupling")
-    _one_line_usage_error(capsys, ["train", "--data", data], "--out")
-    _one_line_error(capsys, ["convert", "--mmsa", str(tmp_path / "x.pkl"), "--out", out],
+    one_line_error(capsys, ["train", "--data", data, "--out", out, "--coupling", "strong",
+                             *tiny_sets(epochs=1)], "coupling")
+    one_line_usage_error(capsys, ["train", "--data", data], "--out")
+    one_line_error(capsys, ["convert", "--mmsa", str(tmp_path / "x.pkl"), "--out", out],
                     "not found")
 
 
@@ -170,7 +144,7 @@ def test_evaluate_missing_rate_reuses_the_training_masks(tmp_path, npz_data, cap
     test masks, hence the same metrics; without --missing-rate the metrics differ."""
     data, run = npz_data("regression"), tmp_path / "run"
     assert cli.main(["train", "--data", data, "--out", str(run), "--missing-rate", "0.4",
-                     *_sets(epochs=1)]) == 0
+                     *tiny_sets(epochs=1)]) == 0
     trained = json.loads((run / "metrics.json").read_text())["test"]
     assert cli.main(["evaluate", "--run", str(run), "--data", data, "--missing-rate", "0.4"]) == 0
     again = json.loads((run / "evaluate_test.json").read_text())["metrics"]

@@ -114,7 +114,8 @@ def test_resume_gives_the_same_weights(tmp_path):
     extra = ["train.epochs=4", "train.step_size=1", "train.gamma=0.7", "train.patience=0"]
     full = _full_and_crashed(tmp_path, extra, crash_after=2)
     assert not (tmp_path / "cut/metrics.json").exists()
-    with pytest.raises(ValueError, match="already holds a run; add --resume"):
+    with pytest.raises(ValueError, match="already holds an unfinished run.*add --resume.*"
+                       "--overwrite"):
         _run("regression", tmp_path / "cut", extra=extra)
     with pytest.raises(ValueError, match=r"train\.lr: 0\.003 -> 0\.1"):
         _run("regression", tmp_path / "cut", extra=extra + ["train.lr=0.1"], resume=True)

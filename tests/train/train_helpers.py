@@ -1,4 +1,4 @@
-"""Tiny datasets and model settings for the trainer/CLI tests (seconds, CPU).
+"""Tiny datasets, model settings and CLI error checks for the trainer/CLI tests (seconds, CPU).
 
 A plain module (not conftest) so that tests can import it: ``from train_helpers import ...``.
 
@@ -8,8 +8,10 @@ Shape letters: N samples, L length, d_m feature size, K labels/classes.
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from coupled_mamba.data import MultimodalData, Split
+from coupled_mamba.train import cli
 
 # A small model: every test trains it for 1-3 epochs. dropout > 0 so that RNG state matters.
 TINY_MODEL = {"d_model": 8, "n_layers": 1, "d_state": 4, "proj_hidden": 8, "head_hidden": 8,
@@ -24,6 +26,37 @@ def tiny_overrides(**train) -> list[str]:
     t = {**TINY_TRAIN, **train}
     return ([f"model.{k}={v}" for k, v in TINY_MODEL.items()]
             + [f"train.{k}={v}" for k, v in t.items()])
+
+
+def tiny_sets(**train) -> list[str]:
+    """:func:`tiny_overrides` as command-line arguments (``--set``, value, ...)."""
+    return [a for s in tiny_overrides(**train) for a in ("--set", s)]
+
+
+def one_line_error(capsys, argv, *words) -> str:
+    """The command fails with status 2 and exactly one stderr line containing ``words``."""
+    capsys.readouterr()  # what earlier commands printed
+    code = cli.main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 or code is None, code
+    assert len(err) == 1, err
+    assert "Traceback" not in err[0] and err[0].startswith("coupled-mamba")
+    for w in words:
+        assert w in err[0], (w, err[0])
+    return err[0]
+
+
+def one_line_usage_error(capsys, argv, *words) -> str:
+    """argparse rejects the command line: status 2 and one stderr line containing ``words``."""
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        cli.main(argv)
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    for w in words:
+        assert w in err[0], (w, err[0])
+    return err[0]
 
 
 def tiny_data(task: str = "regression", n=(40, 12, 12), L: int = 6, dims=(3, 5), K: int = 3,

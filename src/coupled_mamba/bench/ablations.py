@@ -42,6 +42,8 @@ from itertools import combinations
 
 import numpy as np
 
+from ..errors import UserInputError
+
 FUSION_MODELS = ("avg_fusion", "concat_fusion", "mamba_fusion", "coupled_mamba")
 COUPLING_GROUPS = ("alpha", "coupling", "neighbourhood", "n_layers", "d_state", "dt_rank")
 DEFAULT_GRIDS = {
@@ -113,8 +115,9 @@ def neighbourhood_masks(choice: str, names: Sequence[str]) -> list[tuple[str, li
     parts = choice.split("-")
     if len(parts) == 2 and all(p in names for p in parts) and parts[0] != parts[1]:
         return [pair(names.index(parts[0]), names.index(parts[1]))]
-    raise ValueError(f"neighbourhood: unknown choice {choice!r}; expected all, pairs, none or "
-                     f"a pair of modality names like {names[0]}-{names[1]} (names: {list(names)})")
+    raise UserInputError(f"neighbourhood: unknown choice {choice!r}; expected all, pairs, none "
+                         f"or a pair of modality names like {names[0]}-{names[1]} (names: "
+                         f"{list(names)})")
 
 
 def coupling_settings(groups: Sequence[str], grids: dict, modality_names: Sequence[str],
@@ -123,7 +126,7 @@ def coupling_settings(groups: Sequence[str], grids: dict, modality_names: Sequen
     group to its values (missing groups take :data:`DEFAULT_GRIDS`)."""
     bad = [g for g in groups if g not in COUPLING_GROUPS]
     if bad:
-        raise ValueError(f"groups: unknown {bad}; expected some of {COUPLING_GROUPS}")
+        raise UserInputError(f"groups: unknown {bad}; expected some of {COUPLING_GROUPS}")
     out = []
     for g in groups:
         values = grids.get(g) or DEFAULT_GRIDS[g]
@@ -131,11 +134,12 @@ def coupling_settings(groups: Sequence[str], grids: dict, modality_names: Sequen
             if g == "alpha":
                 a = float(v)
                 if not 0.0 <= a <= 1.0:
-                    raise ValueError(f"alpha: expected values in [0, 1], got {v}")
+                    raise UserInputError(f"alpha: expected values in [0, 1], got {v}")
                 out.append(Setting(g, f"{a:g}", model, {"coupling": a}, x=a))
             elif g == "coupling":
                 if v not in ("none", "mean", "sum", "learned"):
-                    raise ValueError(f"coupling: expected none, mean, sum or learned, got {v!r}")
+                    raise UserInputError(f"coupling: expected none, mean, sum or learned, got "
+                                         f"{v!r}")
                 out.append(Setting(g, v, model, {"coupling": v}))
             elif g == "neighbourhood":
                 for label, mask in neighbourhood_masks(str(v), modality_names):
@@ -158,10 +162,10 @@ def missing_settings(models: Sequence[str], rates: Sequence[float],
     "complete-train" one training per model, evaluated at every rate."""
     _check_models(models)
     if protocol not in PROTOCOLS:
-        raise ValueError(f"protocol: expected one of {PROTOCOLS}, got {protocol!r}")
+        raise UserInputError(f"protocol: expected one of {PROTOCOLS}, got {protocol!r}")
     for r in rates:
         if not 0.0 <= r < 1.0:
-            raise ValueError(f"rates: expected values in [0, 1), got {r}")
+            raise UserInputError(f"rates: expected values in [0, 1), got {r}")
     if protocol == "complete-train":
         return [Setting("missing", m, m, eval_rates=sorted(rates)) for m in models]
     return [Setting("missing", f"{m}@{r:g}", m,
@@ -174,7 +178,7 @@ def _check_models(models: Sequence[str]) -> None:
 
     bad = [m for m in models if m not in list_models()]
     if bad or not models:
-        raise ValueError(f"models: unknown {bad or list(models)}; registered: {list_models()}")
+        raise UserInputError(f"models: unknown {bad or list(models)}; registered: {list_models()}")
 
 
 # ---- data and configs --------------------------------------------------------------------------
@@ -189,18 +193,19 @@ def synthetic_spec(sizes: Sequence[int] | None = None, seq_len: int | None = Non
     spec = dict(DEMO_DATA)
     if sizes is not None:
         if len(sizes) != 3:
-            raise ValueError(f"synthetic sizes: expected n_train,n_valid,n_test, got "
-                             f"{list(sizes)}")
+            raise UserInputError(f"synthetic sizes: expected n_train,n_valid,n_test, got "
+                                 f"{list(sizes)}")
         spec.update(n_train=sizes[0], n_valid=sizes[1], n_test=sizes[2])
     if seq_len is not None:
         spec["seq_len"] = seq_len
     return spec
 
 
-def load_benchmark_data(data: str, cfg, synthetic: dict | None = None):
-    """The MultimodalData of ``--data``: a path read with the config's data section, or
-    ``"synthetic"``: the embedded timing benchmark, ``make_synthetic(**synthetic)`` (default
-    :func:`synthetic_spec`)."""
+def load_benchmark_data(data: str, cfg, synthetic: dict | None = None, *,
+                        trust_pickle: bool = False):
+    """The MultimodalData of ``--data``: a path read with the config's data section (an MMSA
+    pickle with the restricted unpickler unless ``trust_pickle``), or ``"synthetic"``: the
+    embedded timing benchmark, ``make_synthetic(**synthetic)`` (default :func:`synthetic_spec`)."""
     from coupled_mamba.data import load_dataset, make_synthetic
 
     if data == SYNTHETIC:
@@ -208,7 +213,7 @@ def load_benchmark_data(data: str, cfg, synthetic: dict | None = None):
     if not os.path.exists(data):
         raise FileNotFoundError(f"data not found: {data}")
     return load_dataset(data, format=cfg.data.format, seq_len=cfg.data.seq_len,
-                        **cfg.data.options)
+                        trust_pickle=trust_pickle, **cfg.data.options)
 
 
 def setting_config(base, s: Setting):

@@ -12,7 +12,8 @@ import argparse
 import json
 import os
 
-from coupled_mamba.train.cli import Command
+from coupled_mamba.errors import UserInputError
+from coupled_mamba.train.cli import Command, add_trust_pickle
 
 
 def _number_list(cast, what: str):
@@ -99,7 +100,7 @@ def run_efficiency_command(args: argparse.Namespace) -> int:
         import torch
 
         if not torch.cuda.is_available():
-            raise ValueError(f"--device {settings.device}: CUDA is not available here")
+            raise UserInputError(f"--device {settings.device}: CUDA is not available here")
     result = run_efficiency(settings)
     paths = write_results(result, args.out)
     print()
@@ -123,6 +124,7 @@ def add_training_arguments(p: argparse.ArgumentParser) -> None:
     d.add_argument("--set", dest="overrides", action="append", default=[],
                    metavar="SECTION.KEY=VALUE", help="override a config value (repeatable)")
     d.add_argument("--seq-len", type=int, help="common sequence length L (data.seq_len)")
+    add_trust_pickle(d)
     d.add_argument("--synthetic-sizes", type=int_list, metavar="TRAIN,VALID,TEST",
                    help="--data synthetic: split sizes (default: the demo's, 6000,500,1000; "
                    "L = --seq-len, default the demo's 24)")
@@ -206,7 +208,7 @@ def _run_training_bench(args: argparse.Namespace, name: str, make_settings, desc
     torch.set_num_threads(args.threads)
     base = _base_config(args)
     synthetic = synthetic_spec(args.synthetic_sizes, base.data.seq_len)
-    data = load_benchmark_data(args.data, base, synthetic)
+    data = load_benchmark_data(args.data, base, synthetic, trust_pickle=args.trust_pickle)
     data_id = (f"synthetic:{json.dumps(synthetic, sort_keys=True)}" if args.data == SYNTHETIC
                else os.path.abspath(args.data))
     settings = make_settings(base, data)
@@ -358,18 +360,18 @@ def run_suite_command(args: argparse.Namespace) -> int:
 
     unknown = [s for s in args.settings if s not in SUITE]
     if unknown:
-        raise ValueError(f"--settings: unknown {', '.join(unknown)}; available: "
-                         f"{', '.join(SUITE)}")
+        raise UserInputError(f"--settings: unknown {', '.join(unknown)}; available: "
+                             f"{', '.join(SUITE)}")
     bad = [m for m in args.models if m not in list_models()]
     if bad:
-        raise ValueError(f"--models: unknown {', '.join(bad)}; available: "
-                         f"{', '.join(list_models())}")
+        raise UserInputError(f"--models: unknown {', '.join(bad)}; available: "
+                             f"{', '.join(list_models())}")
     for name, value in (("--seeds", args.seeds), ("--workers", args.workers),
                         ("--threads", args.threads)):
         if value < 1:
-            raise ValueError(f"{name}: expected >= 1, got {value}")
+            raise UserInputError(f"{name}: expected >= 1, got {value}")
     if not args.scale > 0:
-        raise ValueError(f"--scale: expected > 0, got {args.scale}")
+        raise UserInputError(f"--scale: expected > 0, got {args.scale}")
     cfg = load_config(args.config, args.overrides)
     # Only the keys given: the others stay with each setting's data defaults (train.recipe auto).
     raw = cfg.to_dict(explicit_only=True)

@@ -41,6 +41,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from ..errors import UserInputError
 from .environment import describe, environment_info
 from .memory import CudaPeak, PeakRSS, is_oom_error, run_isolated, time_calls
 
@@ -99,29 +100,29 @@ class EfficiencySettings:
         for name in ("batch", "d_model", "d_state", "n_layers", "n_heads", "threads", "repeats"):
             v = getattr(self, name)
             if not isinstance(v, int) or v < 1:
-                raise ValueError(f"{name}: expected a positive integer, got {v!r}")
+                raise UserInputError(f"{name}: expected a positive integer, got {v!r}")
         if not isinstance(self.warmup, int) or self.warmup < 0:
-            raise ValueError(f"warmup: expected a non-negative integer, got {self.warmup!r}")
+            raise UserInputError(f"warmup: expected a non-negative integer, got {self.warmup!r}")
         if not self.lengths or any(not isinstance(L, int) or L < 1 for L in self.lengths):
-            raise ValueError(f"lengths: expected positive integers, got {self.lengths!r}")
+            raise UserInputError(f"lengths: expected positive integers, got {self.lengths!r}")
         self.lengths = sorted(set(self.lengths))
         if not self.input_dims or any(not isinstance(d, int) or d < 1 for d in self.input_dims):
-            raise ValueError(f"input_dims: expected positive integers, got {self.input_dims!r}")
+            raise UserInputError(f"input_dims: expected positive integers, got {self.input_dims!r}")
         if len(self.input_dims) < 2:
-            raise ValueError(f"input_dims: the comparison needs M >= 2 modalities, got "
-                             f"{self.input_dims!r}")
+            raise UserInputError(f"input_dims: the comparison needs M >= 2 modalities, got "
+                                 f"{self.input_dims!r}")
         bad = [v for v in self.variants if v not in VARIANTS]
         if bad or not self.variants:
-            raise ValueError(f"variants: unknown {bad or self.variants}; expected some of "
-                             f"{sorted(VARIANTS)}")
+            raise UserInputError(f"variants: unknown {bad or self.variants}; expected some of "
+                                 f"{sorted(VARIANTS)}")
         bad = [m for m in self.modes if m not in MODES]
         if bad or not self.modes:
-            raise ValueError(f"modes: unknown {bad or self.modes}; expected some of {MODES}")
+            raise UserInputError(f"modes: unknown {bad or self.modes}; expected some of {MODES}")
         if self.point_budget_s <= 0:
-            raise ValueError(f"point_budget_s: expected > 0, got {self.point_budget_s}")
+            raise UserInputError(f"point_budget_s: expected > 0, got {self.point_budget_s}")
         if self.d_model % self.n_heads:
-            raise ValueError(f"n_heads: d_model = {self.d_model} is not divisible by "
-                             f"n_heads = {self.n_heads}")
+            raise UserInputError(f"n_heads: d_model = {self.d_model} is not divisible by "
+                                 f"n_heads = {self.n_heads}")
 
     @property
     def isolated(self) -> bool:

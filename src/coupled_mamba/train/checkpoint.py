@@ -28,8 +28,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
+
+from ..errors import UserInputError
 
 _TENSOR = "__tensor__"
 _TUPLE = "__tuple__"
@@ -145,13 +147,17 @@ def load_checkpoint(path: str | Path, *, model: torch.nn.Module, optimizer, sche
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     tensors = {}
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
-        for k in f.keys():
-            tensors[k] = f.get_tensor(k)
-    if "state" not in meta:
-        raise ValueError(f"{path}: not a training checkpoint (no 'state' metadata)")
-    state = json.loads(meta["state"])
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            for k in f.keys():
+                tensors[k] = f.get_tensor(k)
+        state = json.loads(meta["state"]) if "state" in meta else None
+    except (SafetensorError, ValueError) as exc:  # damaged header or data; damaged JSON
+        raise UserInputError(f"{path}: damaged checkpoint ({type(exc).__name__}: {exc}); start "
+                             "over with --overwrite") from None
+    if state is None:
+        raise UserInputError(f"{path}: not a training checkpoint (no 'state' metadata)")
     model.load_state_dict(_prefixed(tensors, "model/"), strict=True)
     best = _prefixed(tensors, "best/") or None
     optimizer.load_state_dict(unflatten_state(state["optimizer"], tensors))

@@ -7,9 +7,12 @@ module-level ``COMMANDS`` list is appended (``coupled_mamba.bench.cli`` adds ``b
 command with nested subcommands (``coupled-mamba bench efficiency``) builds them in its
 ``add_arguments``.
 
-Errors in the user's input (missing file, unknown model, bad config key, incompatible data) are
-printed as one line on stderr, ``coupled-mamba <command>: error: ...``, with exit status 2;
-``--debug`` shows the traceback instead.
+Errors in the user's input (missing or damaged file, unknown model, bad config key, incompatible
+data) are printed as one line on stderr, ``coupled-mamba <command>: error: ...``, with exit status
+2; ``--debug`` shows the traceback instead. They are :class:`~coupled_mamba.errors.UserInputError`
+(raised by the loaders, the config and the run-folder checks) and the OS errors of a bad path;
+anything else, a plain ValueError included, is a bug and keeps its traceback. Warnings are printed
+as one line each, ``coupled-mamba <command>: warning: ...``.
 """
 
 from __future__ import annotations
@@ -19,14 +22,18 @@ import importlib
 import importlib.util
 import os
 import sys
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
+
+from coupled_mamba.errors import UserInputError
 
 # Modules that may contribute subcommands (imported only if they exist).
 EXTENSION_MODULES = ("coupled_mamba.bench.cli", "coupled_mamba.train.tune_cli")
 
-USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError,
-               PermissionError)
+USER_ERRORS = (UserInputError, FileNotFoundError, FileExistsError, NotADirectoryError,
+               IsADirectoryError, PermissionError)
 
 
 @dataclass(frozen=True)
@@ -42,6 +49,25 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def add_trust_pickle(p) -> None:
+    """The ``--trust-pickle`` flag of every command that reads data."""
+    p.add_argument("--trust-pickle", action="store_true",
+                   help="read an MMSA pickle with Python's full unpickler, which runs any code "
+                   "the file names (default: only numpy arrays and builtin containers are "
+                   "rebuilt; docs/DATA.md). Use it only for files you trust")
 
 
 # ---- train --------------------------------------------------------------------------------
@@ -60,6 +86,7 @@ def _add_train(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("--data", help="dataset path (file or folder)")
     p.add_argument("--format", choices=FORMATS, help="data format (default: auto)")
+    add_trust_pickle(p)
     p.add_argument("--model", choices=list_models(), help="registered model (default: "
                    "coupled_mamba)")
     p.add_argument("--coupling", type=_coupling, metavar="none|mean|sum|ALPHA|learned",
@@ -82,7 +109,7 @@ def _add_train(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="run directory")
     p.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
     p.add_argument("--overwrite", action="store_true",
-                   help="allow --out to be a directory that already holds a run")
+                   help="replace the run that --out holds (its files are deleted first)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -101,7 +128,7 @@ def resolve_train_config(args: argparse.Namespace):
     }
     cfg = load_config(args.config, args.overrides, flags)
     if cfg.data.path is None:
-        raise ValueError("no data: give --data PATH")
+        raise UserInputError("no data: give --data PATH")
     return cfg
 
 
@@ -109,7 +136,8 @@ def _run_train(args: argparse.Namespace) -> int:
     from .run import train_run
 
     cfg = resolve_train_config(args)
-    result = train_run(cfg, args.out, resume=args.resume, overwrite=args.overwrite)
+    result = train_run(cfg, args.out, resume=args.resume, overwrite=args.overwrite,
+                       trust_pickle=args.trust_pickle)
     if _is_main():
         _print_result(result)
         print(f"wrote {os.path.join(args.out, 'metrics.json')}")
@@ -139,6 +167,7 @@ def _add_run_and_data(p: argparse.ArgumentParser) -> None:
     p.add_argument("--run", required=True, help="run directory written by `train`")
     p.add_argument("--data", required=True, help="dataset path (read with the run's settings)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    add_trust_pickle(p)
 
 
 def _add_evaluate(p: argparse.ArgumentParser) -> None:
@@ -155,9 +184,11 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     from .run import evaluate_run
 
     if args.missing_rate is not None and not 0.0 <= args.missing_rate < 1.0:
-        raise ValueError(f"--missing-rate: expected a rate in [0, 1), got {args.missing_rate}")
+        raise UserInputError(f"--missing-rate: expected a rate in [0, 1), got "
+                             f"{args.missing_rate}")
     r = evaluate_run(args.run, args.data, split=args.split, missing_rate=args.missing_rate,
-                     missing_seed=args.missing_seed, device=args.device, out=args.out)
+                     missing_seed=args.missing_seed, device=args.device, out=args.out,
+                     trust_pickle=args.trust_pickle)
     for seed, m in r["per_seed"].items():
         print(f"seed {seed}: " + ", ".join(f"{k} {v:.4f}" for k, v in m.items()))
     if "mean" in r:
@@ -177,7 +208,7 @@ def _run_predict(args: argparse.Namespace) -> int:
     from .run import predict_run
 
     n = predict_run(args.run, args.data, args.out, split=args.split, seed=args.seed,
-                    device=args.device)
+                    device=args.device, trust_pickle=args.trust_pickle)
     print(f"wrote {n} predictions to {args.out}")
     return 0
 
@@ -185,17 +216,30 @@ def _run_predict(args: argparse.Namespace) -> int:
 # ---- convert / demo -----------------------------------------------------------------------
 
 def _add_convert(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--mmsa", required=True, help="MMSA feature pickle (only load trusted "
-                   "files: unpickling runs code)")
-    p.add_argument("--out", required=True, help="folder for train.npz / valid.npz / test.npz")
+    p.add_argument("--mmsa", required=True, help="MMSA feature pickle")
+    p.add_argument("--out", required=True, help="folder for train.npz / valid.npz / test.npz "
+                   "and meta.json (created; must be empty unless --force)")
+    p.add_argument("--force", action="store_true", help="write into a folder that holds files "
+                   "(train/valid/test.npz and meta.json are replaced, a split file the pickle "
+                   "has no split for is deleted)")
+    add_trust_pickle(p)
 
 
 def _run_convert(args: argparse.Namespace) -> int:
     from coupled_mamba.data import mmsa_to_npz
 
+    from .run import check_out_folder
+
     if not os.path.isfile(args.mmsa):
         raise FileNotFoundError(f"MMSA pickle not found: {args.mmsa}")
-    mmsa_to_npz(args.mmsa, args.out)
+    out = Path(args.out)
+    check_out_folder(out)
+    held = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+    if held and not args.force:
+        shown = ", ".join(held[:5]) + (", ..." if len(held) > 5 else "")
+        raise UserInputError(f"--out {out}: folder is not empty ({shown}); choose an empty or "
+                             "new folder, or pass --force to replace the npz files in it")
+    mmsa_to_npz(args.mmsa, out, trust_pickle=args.trust_pickle)
     print(f"wrote {args.out}")
     return 0
 
@@ -247,11 +291,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line_warnings(prog: str):
+    """A ``warnings.showwarning`` that prints ``PROG: warning: message`` on one line."""
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        text = " ".join(str(message).split())
+        print(f"{prog}: warning: {text}", file=file or sys.stderr)
+
+    return show
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return int(args._run(args) or 0)
+        with warnings.catch_warnings():
+            if not args.debug:
+                warnings.showwarning = _one_line_warnings(args._prog)
+            return int(args._run(args) or 0)
     except USER_ERRORS as e:
         if args.debug:
             raise

@@ -23,6 +23,8 @@ from typing import Any
 
 import yaml
 
+from ..errors import UserInputError
+
 TASKS = ("regression", "classification", "multilabel")
 FORMATS = ("auto", "mmsa", "mogonet", "mmimdb", "npz")
 # Keys of CoupledMambaConfig that come from the data, never from the user's model section.
@@ -132,17 +134,17 @@ class ExperimentConfig:
     def update(self, d: dict[str, Any], source: str = "config") -> None:
         """Merge a nested dict ``{"data": {...}, "model": {...}, "train": {...}}`` into self."""
         if not isinstance(d, dict):
-            raise ValueError(f"{source}: expected a mapping with sections {SECTIONS}, "
-                             f"got {type(d).__name__}")
+            raise UserInputError(f"{source}: expected a mapping with sections {SECTIONS}, "
+                                 f"got {type(d).__name__}")
         for section, values in d.items():
             if section not in SECTIONS:
-                raise ValueError(f"{source}: unknown section {section!r}; valid sections: "
-                                 f"{', '.join(SECTIONS)}")
+                raise UserInputError(f"{source}: unknown section {section!r}; valid sections: "
+                                     f"{', '.join(SECTIONS)}")
             if values is None:
                 continue
             if not isinstance(values, dict):
-                raise ValueError(f"{source}: section {section!r} must be a mapping, "
-                                 f"got {type(values).__name__}")
+                raise UserInputError(f"{source}: section {section!r} must be a mapping, "
+                                     f"got {type(values).__name__}")
             for key, value in values.items():
                 self.set(f"{section}.{key}", value, source)
 
@@ -150,17 +152,18 @@ class ExperimentConfig:
         """Set one ``section.key`` (value coerced to the field's type)."""
         section, sep, key = dotted.partition(".")
         if not sep or not key:
-            raise ValueError(f"{source}: key {dotted!r} must look like section.key with section "
-                             f"in {SECTIONS}")
+            raise UserInputError(f"{source}: key {dotted!r} must look like section.key with "
+                                 f"section in {SECTIONS}")
         if section not in SECTIONS:
-            raise ValueError(f"{source}: unknown section {section!r} in {dotted!r}; valid "
-                             f"sections: {', '.join(SECTIONS)}")
+            raise UserInputError(f"{source}: unknown section {section!r} in {dotted!r}; valid "
+                                 f"sections: {', '.join(SECTIONS)}")
         self.explicit.add(dotted)
         if section == "model":
             if key == "name":
                 self.model.name = _coerce(value, str, dotted, source)
             elif key in DATA_DERIVED_MODEL_KEYS:
-                raise ValueError(f"{source}: model.{key} is read from the data and cannot be set")
+                raise UserInputError(f"{source}: model.{key} is read from the data and cannot be "
+                                     "set")
             else:
                 # Checked against CoupledMambaConfig's fields in build_model_config.
                 self.model.params[key] = value
@@ -168,8 +171,8 @@ class ExperimentConfig:
         obj = getattr(self, section)
         hints = _hints(type(obj))
         if key not in hints:
-            raise ValueError(f"{source}: unknown key {dotted!r}; valid keys of {section!r}: "
-                             f"{', '.join(hints)}")
+            raise UserInputError(f"{source}: unknown key {dotted!r}; valid keys of {section!r}: "
+                                 f"{', '.join(hints)}")
         setattr(obj, key, _coerce(value, hints[key], dotted, source))
 
     def validate(self) -> None:
@@ -181,33 +184,35 @@ class ExperimentConfig:
         for key in ("missing_rate_train", "missing_rate_test"):
             r = getattr(d, key)
             if not 0.0 <= r < 1.0:
-                raise ValueError(f"data.{key}: expected a rate in [0, 1), got {r}")
+                raise UserInputError(f"data.{key}: expected a rate in [0, 1), got {r}")
+        if d.seq_len is not None and d.seq_len < 1:
+            raise UserInputError(f"data.seq_len: expected >= 1 or null, got {d.seq_len}")
         if not 0.0 < d.valid_fraction < 1.0:
-            raise ValueError(f"data.valid_fraction: expected (0, 1), got {d.valid_fraction}")
+            raise UserInputError(f"data.valid_fraction: expected (0, 1), got {d.valid_fraction}")
         _choice("train.recipe", t.recipe, ("auto", "fixed"))
         _choice("train.optimizer", t.optimizer, ("adam", "adamw", "sgd"))
         _choice("train.loss", t.loss, ("auto", "l1", "mse", "ce", "bce"))
         _choice("train.scheduler", t.scheduler, ("step", "cosine", "warmup_cosine", "none"))
         if t.warmup_epochs < 0:
-            raise ValueError(f"train.warmup_epochs: expected >= 0, got {t.warmup_epochs}")
+            raise UserInputError(f"train.warmup_epochs: expected >= 0, got {t.warmup_epochs}")
         if not 0.0 <= t.min_lr_ratio <= 1.0:
-            raise ValueError(f"train.min_lr_ratio: expected [0, 1], got {t.min_lr_ratio}")
+            raise UserInputError(f"train.min_lr_ratio: expected [0, 1], got {t.min_lr_ratio}")
         for key in ("epochs", "batch_size", "n_seeds", "checkpoint_every", "step_size"):
             if getattr(t, key) < 1:
-                raise ValueError(f"train.{key}: expected >= 1, got {getattr(t, key)}")
+                raise UserInputError(f"train.{key}: expected >= 1, got {getattr(t, key)}")
         if t.eval_batch_size is not None and t.eval_batch_size < 1:
-            raise ValueError(f"train.eval_batch_size: expected >= 1, got {t.eval_batch_size}")
+            raise UserInputError(f"train.eval_batch_size: expected >= 1, got {t.eval_batch_size}")
         if t.lr <= 0:
-            raise ValueError(f"train.lr: expected > 0, got {t.lr}")
+            raise UserInputError(f"train.lr: expected > 0, got {t.lr}")
         if t.patience < 0:
-            raise ValueError(f"train.patience: expected >= 0 (0 = off), got {t.patience}")
+            raise UserInputError(f"train.patience: expected >= 0 (0 = off), got {t.patience}")
         if t.grad_clip is not None and t.grad_clip <= 0:
-            raise ValueError(f"train.grad_clip: expected > 0 or null, got {t.grad_clip}")
+            raise UserInputError(f"train.grad_clip: expected > 0 or null, got {t.grad_clip}")
         if t.num_workers < 0:
-            raise ValueError(f"train.num_workers: expected >= 0, got {t.num_workers}")
+            raise UserInputError(f"train.num_workers: expected >= 0, got {t.num_workers}")
         dev = t.device
         if not (dev in ("auto", "cpu", "cuda") or dev.startswith("cuda:")):
-            raise ValueError(f"train.device: expected auto, cpu, cuda or cuda:N, got {dev!r}")
+            raise UserInputError(f"train.device: expected auto, cpu, cuda or cuda:N, got {dev!r}")
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
@@ -233,7 +238,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         try:
             d = yaml.safe_load(p.read_text())
         except yaml.YAMLError as e:
-            raise ValueError(f"{p}: not valid YAML ({e})") from None
+            raise UserInputError(f"{p}: not valid YAML ({e})") from None
         cfg.update(d or {}, str(p))
     for key, value in (flags or {}).items():
         if value is not None:
@@ -241,7 +246,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     for item in overrides or []:
         key, sep, raw = item.partition("=")
         if not sep:
-            raise ValueError(f"--set {item!r}: expected section.key=value")
+            raise UserInputError(f"--set {item!r}: expected section.key=value")
         try:
             value = yaml.safe_load(raw) if raw.strip() else None
         except yaml.YAMLError:
@@ -262,14 +267,14 @@ def build_model_config(section: ModelSection, input_dims: list[int], modality_na
 
     names = list_models()
     if section.name not in names:
-        raise ValueError(f"unknown model {section.name!r}; available: {', '.join(names)}")
+        raise UserInputError(f"unknown model {section.name!r}; available: {', '.join(names)}")
     hints = _hints(CoupledMambaConfig)
     valid = [k for k in hints if k not in DATA_DERIVED_MODEL_KEYS]
     params = {}
     for key, value in section.params.items():
         if key not in valid:
-            raise ValueError(f"unknown key 'model.{key}'; valid keys of 'model': name, "
-                             f"{', '.join(valid)}")
+            raise UserInputError(f"unknown key 'model.{key}'; valid keys of 'model': name, "
+                                 f"{', '.join(valid)}")
         params[key] = _coerce(value, hints[key], f"model.{key}", "model config")
     return CoupledMambaConfig(input_dims=list(input_dims), modality_names=list(modality_names),
                               task=task, num_outputs=num_outputs, **params)
@@ -284,12 +289,12 @@ def _hints(cls) -> dict[str, Any]:
 
 def _choice(name: str, value: str, choices) -> None:
     if value not in choices:
-        raise ValueError(f"{name}: expected one of {', '.join(choices)}, got {value!r}")
+        raise UserInputError(f"{name}: expected one of {', '.join(choices)}, got {value!r}")
 
 
 def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:
     """Convert ``value`` (from YAML or the command line) to the annotated type ``hint``."""
-    err = ValueError(f"{source}: {key}: cannot use {value!r} as {_type_name(hint)}")
+    err = UserInputError(f"{source}: {key}: cannot use {value!r} as {_type_name(hint)}")
     if hint is Any:
         return value
     origin = typing.get_origin(hint)

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import UserInputError
 from .config import DataConfig
 
 # Seed offsets of the missing-modality masks per split: independent draws per split, and the
@@ -63,7 +64,7 @@ class PreparedData:
         return out
 
 
-def carve_valid(split, task: str, fraction: float, seed: int):
+def carve_valid(split, task: str, fraction: float, seed: int, source: str = "the data"):
     """Split ``split`` into (train, valid) with ``fraction`` of the samples in valid.
 
     Classification is stratified by class; the permutation comes from ``seed`` only.
@@ -73,7 +74,8 @@ def carve_valid(split, task: str, fraction: float, seed: int):
     n = len(split.labels)
     n_valid = max(1, int(round(fraction * n)))
     if n - n_valid < 1:
-        raise ValueError(f"cannot carve a validation split from {n} training samples")
+        raise UserInputError(f"{source}: cannot carve a validation split from {n} training "
+                             "samples")
     stratify = None
     if task == "classification":
         _, counts = np.unique(split.labels, return_counts=True)
@@ -84,16 +86,19 @@ def carve_valid(split, task: str, fraction: float, seed: int):
     return split.subset(np.sort(idx_train)), split.subset(np.sort(idx_valid))
 
 
-def prepare_data(cfg: DataConfig, seed: int, path: str | Path | None = None) -> PreparedData:
-    """Load and prepare the data described by ``cfg`` (``path`` overrides ``cfg.path``)."""
+def prepare_data(cfg: DataConfig, seed: int, path: str | Path | None = None, *,
+                 trust_pickle: bool = False) -> PreparedData:
+    """Load and prepare the data described by ``cfg`` (``path`` overrides ``cfg.path``;
+    ``trust_pickle`` lets an MMSA pickle run code, see ``load_dataset``)."""
     from coupled_mamba.data import load_dataset
 
     path = path if path is not None else cfg.path
     if path is None:
-        raise ValueError("no data: give --data PATH (or data.path in the config)")
+        raise UserInputError("no data: give --data PATH (or data.path in the config)")
     if not Path(path).exists():
         raise FileNotFoundError(f"data not found: {path}")
-    data = load_dataset(str(path), format=cfg.format, seq_len=cfg.seq_len, **cfg.options)
+    data = load_dataset(str(path), format=cfg.format, seq_len=cfg.seq_len,
+                        trust_pickle=trust_pickle, **cfg.options)
     return prepare_loaded(data, cfg, seed)
 
 
@@ -102,17 +107,18 @@ def prepare_loaded(data, cfg: DataConfig, seed: int) -> PreparedData:
     notes: list[str] = []
     task = data.task
     if cfg.task is not None and cfg.task != task:
-        raise ValueError(
+        raise UserInputError(
             f"incompatible task: --task {cfg.task} but the data at {data.source} holds "
             f"{task} labels (shape {tuple(data.train.labels.shape)}, dtype "
             f"{data.train.labels.dtype}); drop --task or use data with {cfg.task} labels")
     family = cfg.metric_family or data.metric_family
     if family not in METRIC_FAMILIES_BY_TASK[task]:
-        raise ValueError(f"data.metric_family {family!r} does not fit task {task!r}; use one of "
-                         f"{', '.join(METRIC_FAMILIES_BY_TASK[task])}")
+        raise UserInputError(f"data.metric_family {family!r} does not fit task {task!r}; use one "
+                             f"of {', '.join(METRIC_FAMILIES_BY_TASK[task])}")
     train, valid, test = data.train, data.valid, data.test
     if valid is None:
-        train, valid = carve_valid(train, task, cfg.valid_fraction, cfg.split_seed)
+        train, valid = carve_valid(train, task, cfg.valid_fraction, cfg.split_seed,
+                                   data.source or data.name)
         notes.append(f"no validation split in the data: carved {len(valid.labels)} of "
                      f"{len(valid.labels) + len(train.labels)} training samples "
                      f"({'stratified, ' if task == 'classification' else ''}"
@@ -144,8 +150,9 @@ def prepare_loaded(data, cfg: DataConfig, seed: int) -> PreparedData:
 
 
 def check_compatible(prepared: PreparedData, expected: dict[str, Any], source: str) -> None:
-    """Raise a ValueError if the data does not match a trained model's modality names, input dims,
-    task or number of outputs (``expected`` holds those keys, from the run's model config)."""
+    """Raise a UserInputError if the data does not match a trained model's modality names, input
+    dims, task or number of outputs (``expected`` holds those keys, from the run's model
+    config)."""
     problems = []
     if list(expected["modality_names"]) != prepared.modality_names:
         problems.append(f"modalities {prepared.modality_names} (the model was trained on "
@@ -162,5 +169,5 @@ def check_compatible(prepared: PreparedData, expected: dict[str, Any], source: s
         problems.append(f"{prepared.num_outputs} outputs per sample (the model has "
                         f"{expected['num_outputs']})")
     if problems:
-        raise ValueError(f"data at {source} does not fit the trained model: "
-                         + "; ".join(problems))
+        raise UserInputError(f"data at {source} does not fit the trained model: "
+                             + "; ".join(problems))

@@ -42,9 +42,11 @@ TABLE_METRICS = ("Non0_acc_2", "Non0_F1_score", "Has0_acc_2", "Mult_acc_7", "MAE
 
 
 def add_demo_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--epochs", type=int, help=f"epochs per model (default "
+    from .cli import positive_int
+
+    p.add_argument("--epochs", type=positive_int, help=f"epochs per model (default "
                    f"{DEMO_CONFIG['train']['epochs']})")
-    p.add_argument("--threads", type=int, default=1,
+    p.add_argument("--threads", type=positive_int, default=1,
                    help="torch threads (default 1: these small models gain little from more, "
                    "and lose a lot on a busy machine)")
     p.add_argument("--out", help="keep the two runs in this folder (default: not written)")
@@ -88,8 +90,10 @@ def run_demo(args: argparse.Namespace) -> int:
 
     from .config import ExperimentConfig
     from .data_prep import prepare_loaded
-    from .run import train_run
+    from .run import check_out_folder, train_run
 
+    if args.out:
+        check_out_folder(Path(args.out))
     t_start = time.perf_counter()
     torch.set_num_threads(args.threads)
     print(f"CPU scan kernel ready in {_warm_up_scan():.1f} s (compiled once, then cached)",
@@ -113,7 +117,7 @@ def run_demo(args: argparse.Namespace) -> int:
         raw["model"]["name"] = name
         if name != "coupled_mamba":
             raw["model"].pop("coupling")  # the registry fixes it (mamba_fusion: "none")
-        if args.epochs:
+        if args.epochs is not None:
             raw["train"]["epochs"] = args.epochs
         raw["train"]["progress"] = not args.quiet
         cfg = ExperimentConfig.from_dict(raw, "demo config")

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from ..errors import UserInputError
+
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -61,8 +63,8 @@ def resolve_device(name: str) -> torch.device:
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise ValueError(f"device {name!r} requested but CUDA is not available "
-                             "(use --device cpu)")
+            raise UserInputError(f"device {name!r} requested but CUDA is not available "
+                                 "(use --device cpu)")
         if name == "cuda":  # an explicit index: torch.cuda.set_device refuses a bare "cuda"
             index = (int(os.environ.get("LOCAL_RANK", 0)) if launched_distributed()
                      else torch.cuda.current_device())

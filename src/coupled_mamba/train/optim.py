@@ -18,6 +18,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
+from ..errors import UserInputError
 from .config import TrainConfig
 
 _NORMS = (nn.LayerNorm, nn.GroupNorm, nn.BatchNorm1d, nn.BatchNorm2d)
@@ -54,7 +55,7 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer
         return torch.optim.AdamW(groups, lr=cfg.lr)
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
-    raise ValueError(f"train.optimizer: expected adam, adamw or sgd, got {cfg.optimizer!r}")
+    raise UserInputError(f"train.optimizer: expected adam, adamw or sgd, got {cfg.optimizer!r}")
 
 
 class Schedule(NamedTuple):
@@ -86,5 +87,5 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig,
             optimizer, lambda s: warmup_cosine(s, warmup, total, cfg.min_lr_ratio)), True)
     if cfg.scheduler == "none":
         return Schedule(None, False)
-    raise ValueError(f"train.scheduler: expected step, cosine, warmup_cosine or none, "
-                     f"got {cfg.scheduler!r}")
+    raise UserInputError(f"train.scheduler: expected step, cosine, warmup_cosine or none, "
+                         f"got {cfg.scheduler!r}")

@@ -4,6 +4,7 @@ Run directory layout (rank 0 writes everything)::
 
     RUN_DIR/
       config.yaml            the resolved experiment config (data/model/train)
+      data.json              fingerprint of the data (train.fingerprint); --resume checks it
       metrics.json           {"test", "valid", "best_epoch", ...}; with several seeds also
                              "per_seed", "mean" and "std" (population std, as MMSA reports)
       seed_<s>/
@@ -23,6 +24,7 @@ import json
 import math
 import os
 import random
+import shutil
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -35,11 +37,19 @@ import yaml
 
 from coupled_mamba.metrics import summarize
 
+from ..errors import UserInputError
 from .config import DATA_DERIVED_MODEL_KEYS, ExperimentConfig, build_model_config
 from .data_prep import MISSING_SEED_OFFSET, PreparedData, check_compatible, prepare_data
 from .defaults import apply_data_defaults
 from .distributed import DistInfo, barrier, init_distributed, resolve_device
-from .trainer import Trainer, check_selection, loss_function, selection_key
+from .fingerprint import (
+    FINGERPRINT_NAME,
+    check_fingerprint,
+    data_fingerprint,
+    read_fingerprint,
+    write_fingerprint,
+)
+from .trainer import NonFiniteLossError, Trainer, check_selection, loss_function, selection_key
 
 # Config keys that may differ between an interrupted run and its --resume.
 RESUMABLE_CHANGES = {"data.path", "train.device", "train.progress", "train.num_workers",
@@ -80,7 +90,7 @@ def build_model(cfg: ExperimentConfig, prepared: PreparedData) -> torch.nn.Modul
 def resolve_model_section(cfg: ExperimentConfig, prepared: PreparedData) -> ExperimentConfig:
     """A copy of ``cfg`` whose model section lists every model hyperparameter actually used:
     the config's defaults, the user's values and the fields the registry name fixes (e.g.
-    ``coupling: none`` for mamba_fusion). Raises ValueError for unknown keys or values."""
+    ``coupling: none`` for mamba_fusion). Raises UserInputError for unknown keys or values."""
     from coupled_mamba.models import model_entry
 
     mc = build_model_config(cfg.model, prepared.input_dims, prepared.modality_names,
@@ -114,21 +124,55 @@ def write_json(path: Path, obj: Any) -> None:
     path.write_text(json.dumps(json_safe(obj), indent=2) + "\n")
 
 
+def check_out_folder(out: Path, flag: str = "--out") -> None:
+    """UserInputError if ``out`` (or the nearest existing folder above it) is not a folder."""
+    for p in (out, *out.parents):
+        if p.exists():
+            if not p.is_dir():
+                what = f"{out}" if p == out else f"{out} (its parent {p})"
+                raise UserInputError(f"{flag} {what}: exists and is not a folder")
+            return
+
+
 def _run_dir_state(out: Path) -> bool:
     """True if ``out`` already holds (part of) a run."""
     return (out / "config.yaml").exists() or any(out.glob("seed_*"))
+
+
+def _run_files(out: Path) -> list[Path]:
+    """What a run and its ``evaluate`` write into ``out`` (other files are the user's)."""
+    names = ("config.yaml", "metrics.json", FINGERPRINT_NAME)
+    return ([out / n for n in names if (out / n).exists()] + sorted(out.glob("evaluate_*.json"))
+            + sorted(p for p in out.glob("seed_*") if p.is_dir()))
+
+
+def _clear_run(out: Path) -> None:
+    """Delete a previous run's files so that ``--overwrite`` leaves only the new run's (stale
+    seed folders would otherwise be averaged in by ``evaluate``)."""
+    for p in _run_files(out):
+        if p.is_dir():
+            shutil.rmtree(p)
+        else:
+            p.unlink()
+
+
+def _refusal(out: Path) -> str:
+    state = ("a finished run" if (out / "metrics.json").is_file()
+             else "an unfinished run (no metrics.json: it was interrupted or failed)")
+    return (f"{out} already holds {state}; add --resume to continue it, --overwrite to replace "
+            "it, or choose another --out")
 
 
 def _check_resume_config(out: Path, cfg: ExperimentConfig) -> None:
     saved_path = out / "config.yaml"
     if not saved_path.is_file():
         raise FileNotFoundError(f"--resume: {saved_path} not found (nothing to resume)")
-    saved = ExperimentConfig.from_dict(yaml.safe_load(saved_path.read_text()), str(saved_path))
+    saved = read_config(saved_path)
     changes = config_changes(saved.to_dict(), cfg.to_dict())
     if changes:
-        raise ValueError(f"--resume: the command's config differs from the run's "
-                         f"{saved_path} in {', '.join(changes)}; rerun the original command "
-                         "with --resume")
+        raise UserInputError(f"--resume: the command's config differs from the run's "
+                             f"{saved_path} in {', '.join(changes)}; rerun the original "
+                             "command with --resume")
 
 
 def config_changes(saved: dict[str, Any], new: dict[str, Any]) -> list[str]:
@@ -151,8 +195,18 @@ def _flat(d: dict, prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def read_config(path: Path) -> ExperimentConfig:
+    """A run's ``config.yaml``; a damaged file is a UserInputError naming it."""
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise UserInputError(f"{path}: not valid YAML ({exc})") from None
+    return ExperimentConfig.from_dict(raw, str(path))
+
+
 def train_run(cfg: ExperimentConfig, out_dir: str | Path | None, *, resume: bool = False,
               overwrite: bool = False, prepared: PreparedData | None = None,
+              trust_pickle: bool = False,
               callbacks: Sequence[Callable] = (),
               model_builder: Callable[[ExperimentConfig, PreparedData], torch.nn.Module]
               | None = None) -> dict[str, Any]:
@@ -162,8 +216,10 @@ def train_run(cfg: ExperimentConfig, out_dir: str | Path | None, *, resume: bool
         cfg: a resolved experiment config (``load_config``).
         out_dir: the run directory (None: write nothing, e.g. for the demo or tests).
         resume: continue an interrupted run in ``out_dir`` (finished seeds are skipped).
-        overwrite: allow writing into a directory that already holds a run.
+        overwrite: replace the run ``out_dir`` holds: its files (config.yaml, metrics.json,
+            data.json, evaluate_*.json, seed_*/) are deleted once every check has passed.
         prepared: already prepared data (otherwise loaded from ``cfg.data``).
+        trust_pickle: load an MMSA pickle with the standard unpickler (runs code in the file).
         callbacks: passed to every seed's Trainer.
         model_builder: builds the model (default :func:`build_model`).
 
@@ -175,27 +231,40 @@ def train_run(cfg: ExperimentConfig, out_dir: str | Path | None, *, resume: bool
     t = cfg.train
     device = resolve_device(t.device)
     dist = init_distributed(device)
-    if out is not None and not resume and _run_dir_state(out) and not overwrite:
-        raise ValueError(f"{out} already holds a run; add --resume to continue it, or choose "
-                         "another --out")
+    if out is not None:
+        check_out_folder(out)
+        if not resume and _run_dir_state(out) and not overwrite:
+            raise UserInputError(_refusal(out))
     # Every check that can fail on the user's input runs before anything is written.
     if prepared is None:
-        prepared = prepare_data(cfg.data, seed=t.seed)
+        prepared = prepare_data(cfg.data, seed=t.seed, trust_pickle=trust_pickle)
     cfg = copy.deepcopy(cfg)
     applied = apply_data_defaults(cfg, prepared)
     t = cfg.train
     if builder is build_model:
         cfg = resolve_model_section(cfg, prepared)
+        build_model(cfg, prepared)  # a model the config cannot build fails before any write
     loss_function(prepared.task, t.loss)
-    check_selection(t.select_on, prepared.metric_family, prepared.task, prepared.train.labels)
+    check_selection(t.select_on, prepared.metric_family, prepared.task, prepared.train.labels,
+                    valid_labels=prepared.valid.labels)
+    fingerprint = data_fingerprint(prepared, cfg.data.path) if out is not None else None
     if out is not None and resume:
         _check_resume_config(out, cfg)
+        saved = read_fingerprint(out)
+        if saved is None:
+            _log(f"note: {out} has no {FINGERPRINT_NAME} (an older run): the data cannot be "
+                 "checked against the one it was trained on", dist)
+        else:
+            check_fingerprint(saved, fingerprint, out)
     if applied:
         _log(f"defaults from the data ({len(prepared.train)} training samples, "
              f"dims {prepared.input_dims}): " + ", ".join(applied), dist)
     if out is not None:
         if dist.is_main:
+            if overwrite and not resume:
+                _clear_run(out)
             out.mkdir(parents=True, exist_ok=True)
+            write_fingerprint(out, fingerprint)
             cfg.save(out / "config.yaml")
         barrier(dist)
     seeds = [t.seed + i for i in range(t.n_seeds)]
@@ -208,7 +277,12 @@ def train_run(cfg: ExperimentConfig, out_dir: str | Path | None, *, resume: bool
             done = seed_dir / "metrics.json" if seed_dir is not None else None
             if resume and done is not None and done.is_file():
                 _log(f"seed {seed}: already finished, reading {done}", dist)
-                per_seed.append(json.loads(done.read_text()))
+                try:
+                    per_seed.append(json.loads(done.read_text()))
+                except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
+                    raise UserInputError(f"{done}: not valid JSON ({exc}); delete it to train "
+                                         f"seed {seed} again, or start over with --overwrite") \
+                        from None
                 continue
             result = _train_seed(cfg, prepared, seed, seed_dir, resume, dist, device, callbacks,
                                  builder)
@@ -241,7 +315,12 @@ def _train_seed(cfg, prepared, seed, seed_dir, resume, dist, device, callbacks, 
                       modality_names=prepared.modality_names, device=device, seed=seed,
                       dist=dist, out_dir=seed_dir, callbacks=callbacks)
     t0 = time.perf_counter()
-    fit = trainer.fit(prepared.train, prepared.valid, resume=resume)
+    try:
+        fit = trainer.fit(prepared.train, prepared.valid, resume=resume)
+    except NonFiniteLossError as exc:
+        if cfg.data.path is None:
+            raise
+        raise NonFiniteLossError(f"{cfg.data.path}: {exc}") from None
     train_time = time.perf_counter() - t0
     valid = trainer.evaluate(prepared.valid, desc="valid").metrics
     test = trainer.evaluate(prepared.test, desc="test").metrics if prepared.test is not None \
@@ -293,7 +372,7 @@ def load_run(run_dir: str | Path) -> tuple[ExperimentConfig, list[Path]]:
     cfg_path = run / "config.yaml"
     if not cfg_path.is_file():
         raise FileNotFoundError(f"not a run directory (no config.yaml): {run}")
-    cfg = ExperimentConfig.from_dict(yaml.safe_load(cfg_path.read_text()), str(cfg_path))
+    cfg = read_config(cfg_path)
     seeds = sorted((p for p in run.glob("seed_*") if (p / "best" / "config.json").is_file()),
                    key=lambda p: int(p.name.split("_", 1)[1]))
     if not seeds:
@@ -307,13 +386,13 @@ def _load_model(seed_dir: Path, device: torch.device) -> torch.nn.Module:
     return from_pretrained(str(seed_dir / "best")).to(device).eval()
 
 
-def _run_data(cfg: ExperimentConfig, data_path) -> PreparedData:
+def _run_data(cfg: ExperimentConfig, data_path, trust_pickle: bool) -> PreparedData:
     """The data at ``data_path`` read with the run's data settings, without missing-modality
     masks (evaluate applies its own)."""
     dcfg = cfg.data
     dcfg.path = str(data_path)
     dcfg.missing_rate_train = dcfg.missing_rate_test = 0.0
-    return prepare_data(dcfg, seed=cfg.train.seed)
+    return prepare_data(dcfg, seed=cfg.train.seed, trust_pickle=trust_pickle)
 
 
 def _model_trainer(cfg, prepared, seed_dir, device, data_path) -> Trainer:
@@ -326,21 +405,23 @@ def _model_trainer(cfg, prepared, seed_dir, device, data_path) -> Trainer:
 
 def evaluate_run(run_dir: str | Path, data_path: str | Path, *, split: str = "test",
                  missing_rate: float | None = None, missing_seed: int | None = None,
-                 device: str = "auto", out: str | Path | None = None) -> dict[str, Any]:
+                 device: str = "auto", out: str | Path | None = None,
+                 trust_pickle: bool = False) -> dict[str, Any]:
     """Metrics of every seed's selected model on ``split`` of the data at ``data_path``.
 
     The data is read with the run's data settings (format, seq_len, options); ``missing_rate``
     drops modalities of the evaluated split (paper's protocol, seeded by ``missing_seed`` or the
-    run's seed). Writes ``out`` (default RUN_DIR/evaluate_<split>.json) and returns
+    run's seed); ``trust_pickle`` as for :func:`train_run`. Writes ``out`` (default
+    RUN_DIR/evaluate_<split>.json) and returns
     ``{"split", "data", "per_seed": {seed: metrics}, "mean", "std"}``.
     """
     cfg, seed_dirs = load_run(run_dir)
     cfg.train.device, cfg.train.progress = device, False
-    prepared = _run_data(cfg, data_path)
+    prepared = _run_data(cfg, data_path, trust_pickle)
     splits = prepared.splits()
     if split not in splits:
-        raise ValueError(f"--split {split}: the data at {data_path} has splits "
-                         f"{', '.join(splits)}")
+        raise UserInputError(f"--split {split}: the data at {data_path} has splits "
+                             f"{', '.join(splits)}")
     if missing_rate:
         from coupled_mamba.data import apply_missing
 
@@ -368,7 +449,8 @@ def evaluate_run(run_dir: str | Path, data_path: str | Path, *, split: str = "te
 
 
 def predict_run(run_dir: str | Path, data_path: str | Path, out_csv: str | Path, *,
-                split: str = "all", seed: int | None = None, device: str = "auto") -> int:
+                split: str = "all", seed: int | None = None, device: str = "auto",
+                trust_pickle: bool = False) -> int:
     """Write one CSV row per sample: split, id, prediction(s) and label(s) if present.
 
     Regression: ``prediction``. Classification: ``prediction`` (class id) and ``prob_<k>``.
@@ -382,15 +464,15 @@ def predict_run(run_dir: str | Path, data_path: str | Path, out_csv: str | Path,
     if seed is not None:
         seed_dirs = [p for p in seed_dirs if p.name == f"seed_{seed}"]
         if not seed_dirs:
-            raise ValueError(f"--seed {seed}: {run_dir} has no trained seed {seed}")
+            raise UserInputError(f"--seed {seed}: {run_dir} has no trained seed {seed}")
     cfg.train.device, cfg.train.progress = device, False
-    prepared = _run_data(cfg, data_path)
+    prepared = _run_data(cfg, data_path, trust_pickle)
     splits = prepared.splits()
     names = list(splits) if split == "all" else [split]
     for s in names:
         if s not in splits:
-            raise ValueError(f"--split {s}: the data at {data_path} has splits "
-                             f"{', '.join(splits)}")
+            raise UserInputError(f"--split {s}: the data at {data_path} has splits "
+                                 f"{', '.join(splits)}")
     dev = resolve_device(device)
     trainer = _model_trainer(cfg, prepared, seed_dirs[0], dev, data_path)
     rows, header = [], None

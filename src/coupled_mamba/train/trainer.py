@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 
 from coupled_mamba.metrics import PRIMARY_METRIC, compute_metrics
 
+from ..errors import UserInputError
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .distributed import DistInfo, all_gather_rows
@@ -63,6 +64,27 @@ class StopTraining(Exception):
     """Raised by a callback to end training cleanly after the current epoch."""
 
 
+class NonFiniteLossError(UserInputError, FloatingPointError):
+    """The training loss became NaN or inf: extreme feature values or too large a step size.
+
+    A FloatingPointError too, which is what this condition raised before it was a user error.
+    """
+
+
+def _nonfinite_loss_message(loss: float, epoch: int, batch: dict[str, Any], ids,
+                            names: Sequence[str]) -> str:
+    """Where the batch's largest |feature| sits, to tell bad data from a bad step size."""
+    rows = batch["index"].cpu().numpy()
+    peaks = [x.detach().abs().amax(dim=(1, 2)).float().cpu().numpy() for x in batch["inputs"]]
+    m = int(np.argmax([p.max() for p in peaks]))
+    b = int(np.argmax(peaks[m]))
+    return (f"non-finite training loss ({loss}) at epoch {epoch} on the train rows "
+            f"{', '.join(repr(str(ids[i])) for i in rows[:5])}{', ...' if len(rows) > 5 else ''}"
+            f"; their largest |feature| is {peaks[m][b]:.3g} (modality {names[m]!r}, row "
+            f"{str(ids[rows[b]])!r}): rescale the features if that is large, else lower "
+            "train.lr or set train.grad_clip")
+
+
 def selection_key(select_on: str, family: str) -> tuple[str, bool]:
     """(metric key, higher is better) for ``train.select_on``."""
     if select_on == "loss":
@@ -75,9 +97,8 @@ def selection_key(select_on: str, family: str) -> tuple[str, bool]:
     return select_on, select_on not in LOWER_IS_BETTER
 
 
-def metric_keys(family: str, task: str, labels: np.ndarray) -> list[str]:
-    """Keys compute_metrics returns for this family (computed on perfect predictions)."""
-    y = labels[: min(len(labels), 64)]
+def _perfect_metrics(family: str, task: str, y: np.ndarray) -> dict[str, float]:
+    """compute_metrics of predictions equal to the labels ``y`` ((N,) or (N, K))."""
     if task == "classification":
         k = int(y.max()) + 1
         out = np.eye(max(k, 2), dtype=np.float32)[y.astype(np.int64)]
@@ -87,16 +108,31 @@ def metric_keys(family: str, task: str, labels: np.ndarray) -> list[str]:
         out = y.astype(np.float32)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return ["Loss", *compute_metrics(family, out, y)]
+        return compute_metrics(family, out, y)
 
 
-def check_selection(select_on: str, family: str, task: str, labels) -> None:
-    """ValueError unless ``train.select_on`` names a metric this family reports."""
+def metric_keys(family: str, task: str, labels: np.ndarray) -> list[str]:
+    """Keys compute_metrics returns for this family (computed on perfect predictions)."""
+    return ["Loss", *_perfect_metrics(family, task, labels[: min(len(labels), 64)])]
+
+
+def check_selection(select_on: str, family: str, task: str, labels,
+                    valid_labels=None) -> None:
+    """UserInputError unless ``train.select_on`` names a metric this family reports and, given
+    the validation labels, one that is defined on them (Corr of a constant target is NaN at
+    every epoch, which would silently keep epoch 1)."""
     key, _ = selection_key(select_on, family)
     keys = metric_keys(family, task, np.asarray(labels))
     if key not in keys:
-        raise ValueError(f"train.select_on {select_on!r} is not a metric of {family!r}; use "
-                         f"loss, primary or one of {', '.join(keys)}")
+        raise UserInputError(f"train.select_on {select_on!r} is not a metric of {family!r}; use "
+                             f"loss, primary or one of {', '.join(keys)}")
+    if valid_labels is not None and key != "Loss":
+        value = _perfect_metrics(family, task, np.asarray(valid_labels)).get(key)
+        if value is None or not math.isfinite(value):
+            raise UserInputError(
+                f"train.select_on {select_on!r}: {key} is undefined (NaN) on the validation "
+                "labels even for perfect predictions (e.g. Corr of a constant target), so no "
+                "epoch could be selected; select on loss or another metric")
 
 
 def loss_function(task: str, name: str = "auto") -> Callable[[torch.Tensor, torch.Tensor],
@@ -106,8 +142,8 @@ def loss_function(task: str, name: str = "auto") -> Callable[[torch.Tensor, torc
         name = {"regression": "l1", "classification": "ce", "multilabel": "bce"}[task]
     allowed = {"regression": ("l1", "mse"), "classification": ("ce",), "multilabel": ("bce",)}
     if name not in allowed[task]:
-        raise ValueError(f"train.loss {name!r} does not fit task {task!r}; use one of "
-                         f"{', '.join(('auto', *allowed[task]))}")
+        raise UserInputError(f"train.loss {name!r} does not fit task {task!r}; use one of "
+                             f"{', '.join(('auto', *allowed[task]))}")
     if name == "l1":
         return lambda out, y: F.l1_loss(out[:, 0], y.float())
     if name == "mse":
@@ -254,7 +290,8 @@ class Trainer:
         return EvalResult(loss, metrics, out, lab)
 
     # ---- training --------------------------------------------------------------------------
-    def _train_epoch(self, loader: DataLoader, epoch: int) -> dict[str, float]:
+    def _train_epoch(self, loader: DataLoader, epoch: int, ids) -> dict[str, float]:
+        """One pass over ``loader``; ``ids`` (N,) are the split's sample ids, for errors."""
         self.net.train()
         loader.sampler.sampler.set_epoch(epoch)  # BatchSampler(DistributedSampler)
         outs, labs, idxs = [], [], []
@@ -266,8 +303,8 @@ class Trainer:
             out = self._forward(self.net, batch)
             loss = self.loss_fn(out, batch["labels"])
             if not torch.isfinite(loss):
-                raise FloatingPointError(f"non-finite training loss ({loss.item()}) at epoch "
-                                         f"{epoch + 1}; lower train.lr or set train.grad_clip")
+                raise NonFiniteLossError(_nonfinite_loss_message(
+                    loss.item(), epoch + 1, batch, ids, self.modality_names))
             loss.backward()
             if self.cfg.grad_clip is not None:
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
@@ -324,7 +361,7 @@ class Trainer:
                 epochs_run = epoch + 1
                 t0 = time.perf_counter()
                 lr = self.optimizer.param_groups[0]["lr"]
-                train_m = self._train_epoch(loader, epoch)
+                train_m = self._train_epoch(loader, epoch, train.ids)
                 if self.scheduler is not None and not self._per_batch_schedule:
                     self.scheduler.step()
                 valid_r = self.evaluate(valid, desc="valid")

@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
+from ..errors import UserInputError
 from .config import ExperimentConfig
 from .data_prep import PreparedData, prepare_data
 from .defaults import apply_data_defaults
@@ -62,6 +63,7 @@ class TuneSettings:
     prune_startup: int = 5  # complete trials before the median pruner starts pruning
     prune_warmup: int = 2  # epochs every trial runs before it can be pruned
     progress: bool = True  # tqdm bar over trials
+    trust_pickle: bool = False  # read an MMSA pickle with the full unpickler (runs its code)
 
 
 @dataclass
@@ -88,7 +90,8 @@ def storage_url(out: Path, storage: str | None) -> str:
 
 
 def open_storage(url: str):
-    """An ``optuna.storages.RDBStorage`` with heartbeats; ValueError if it cannot be opened."""
+    """An ``optuna.storages.RDBStorage`` with heartbeats; UserInputError if it cannot be
+    opened."""
     import optuna
     import sqlalchemy.exc
 
@@ -103,7 +106,7 @@ def open_storage(url: str):
                                               grace_period=GRACE_PERIOD_S)
     except (ImportError, sqlalchemy.exc.SQLAlchemyError) as e:
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise ValueError(f"--storage {url}: cannot open it ({msg})") from None
+        raise UserInputError(f"--storage {url}: cannot open it ({msg})") from None
 
 
 def open_study(base: ExperimentConfig, space: list[Param], settings: TuneSettings, out: Path,
@@ -123,8 +126,8 @@ def open_study(base: ExperimentConfig, space: list[Param], settings: TuneSetting
                                 direction=direction, pruner=pruner, load_if_exists=True)
     where = f"study {settings.study_name!r} in {storage_url(out, settings.storage)}"
     if study.direction.name.lower() != direction:
-        raise ValueError(f"{where} was created to {study.direction.name.lower()}, but the "
-                         f"selection metric asks to {direction}; use another --study-name")
+        raise UserInputError(f"{where} was created to {study.direction.name.lower()}, but the "
+                             f"selection metric asks to {direction}; use another --study-name")
     # JSON round trip: the stored copy has lists where the config has tuples.
     mine = json.loads(json.dumps({"config": base.to_dict(),
                                   "space": {p.key: p.spec() for p in space}}))
@@ -137,8 +140,8 @@ def open_study(base: ExperimentConfig, space: list[Param], settings: TuneSetting
                     for k in sorted(set(saved["space"]) | set(mine["space"]))
                     if saved["space"].get(k) != mine["space"].get(k)]
         if changes:
-            raise ValueError(f"{where} was started with another setting: {', '.join(changes)}; "
-                             "rerun the original command, or use another --study-name or --out")
+            raise UserInputError(f"{where} was started with another setting: {', '.join(changes)}; "
+                                 "rerun the original command, or use another --study-name or --out")
     # Seeded by the number of stored trials: a resumed study must not draw its first trials
     # again, and a rerun of the same command draws the same values.
     sampler_seed = int(np.random.SeedSequence([seed, len(study.trials)]).generate_state(1)[0])
@@ -226,13 +229,14 @@ def run_tune(cfg: ExperimentConfig, space: list[Param], out: str | Path,
     from optuna.trial import TrialState
 
     if settings.trials < 1:
-        raise ValueError(f"--trials: expected >= 1, got {settings.trials}")
+        raise UserInputError(f"--trials: expected >= 1, got {settings.trials}")
     if launched_distributed():
-        raise ValueError("tune runs one process per worker: start several `coupled-mamba tune` "
-                         "workers on one --storage instead of torchrun")
+        raise UserInputError("tune runs one process per worker: start several `coupled-mamba "
+                             "tune` workers on one --storage instead of torchrun")
     out = Path(out)
     if prepared is None:
-        prepared = prepare_data(cfg.data, seed=cfg.train.seed)
+        prepared = prepare_data(cfg.data, seed=cfg.train.seed,
+                                trust_pickle=settings.trust_pickle)
     # Errors in the base config surface here, before a study is created.
     resolve_model_section(cfg, prepared)
     loss_function(prepared.task, cfg.train.loss)

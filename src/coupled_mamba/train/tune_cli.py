@@ -9,7 +9,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .cli import Command
+from ..errors import UserInputError
+from .cli import Command, add_trust_pickle
 
 INSTALL_HINT = "pip install coupled-mamba[tune]"
 
@@ -22,6 +23,7 @@ def add_tune_arguments(p: argparse.ArgumentParser) -> None:
 
     d = p.add_argument_group("experiment (as in train)")
     d.add_argument("--data", help="dataset path (file or folder)")
+    add_trust_pickle(d)
     d.add_argument("--format", choices=FORMATS, help="data format (default: auto)")
     d.add_argument("--model", choices=list_models(), help="registered model (default: "
                    "coupled_mamba); its search space follows from the registry")
@@ -74,10 +76,10 @@ def run_tune_command(args: argparse.Namespace) -> int:
              "train.epochs": args.epochs, "train.seed": args.seed, "train.device": args.device}
     cfg = load_config(args.config, args.overrides, flags)
     if cfg.data.path is None:
-        raise ValueError("no data: give --data PATH")
+        raise UserInputError("no data: give --data PATH")
     for name, value in (("--timeout", args.timeout), ("--trials", args.trials)):
         if value is not None and value <= 0:
-            raise ValueError(f"{name}: expected > 0, got {value}")
+            raise UserInputError(f"{name}: expected > 0, got {value}")
     fixed = {item.partition("=")[0].strip() for item in args.overrides}
     space, notes = build_space(cfg.model.name, args.space, args.params, fixed)
     for note in notes:
@@ -85,7 +87,8 @@ def run_tune_command(args: argparse.Namespace) -> int:
     settings = TuneSettings(trials=args.trials, timeout=args.timeout,
                             study_name=args.study_name, storage=args.storage,
                             prune=not args.no_prune, prune_startup=args.prune_startup,
-                            prune_warmup=args.prune_warmup, progress=not args.quiet)
+                            prune_warmup=args.prune_warmup, progress=not args.quiet,
+                            trust_pickle=args.trust_pickle)
     result = run_tune(cfg, space, args.out, settings)
     print(summary(result))
     return 0

@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from ..errors import UserInputError
 from .config import DATA_DERIVED_MODEL_KEYS, TrainConfig
 
 Value = int | float | str | bool
@@ -108,12 +109,12 @@ def resolve_key(name: str) -> str:
         section, field = ("train" if name in train_fields else "model"), name
     valid = {"train": train_fields, "model": model_fields}
     if section == "data":
-        raise ValueError(f"--space {name}: data settings cannot be tuned (every trial reads "
-                         "the same prepared data)")
+        raise UserInputError(f"--space {name}: data settings cannot be tuned (every trial reads "
+                             "the same prepared data)")
     if section not in valid or field not in valid[section]:
-        raise ValueError(f"--space: unknown parameter {name!r}; use a name of the default space "
-                         f"({', '.join(p.name for p in DEFAULT_SPACE)}) or a train.KEY / "
-                         "model.KEY of the config")
+        raise UserInputError(f"--space: unknown parameter {name!r}; use a name of the default "
+                             f"space ({', '.join(p.name for p in DEFAULT_SPACE)}) or a train.KEY / "
+                             "model.KEY of the config")
     return f"{section}.{field}"
 
 
@@ -133,26 +134,26 @@ def parse_param(item: str) -> Param:
     """``NAME=SPEC`` (module docstring) -> Param; ValueError naming what is wrong."""
     name, eq, spec = item.partition("=")
     if not eq or not name.strip() or not spec.strip():
-        raise ValueError(f"--space {item!r}: expected NAME=LOW:HIGH[:log] or NAME=A,B,...")
+        raise UserInputError(f"--space {item!r}: expected NAME=LOW:HIGH[:log] or NAME=A,B,...")
     key = resolve_key(name.strip())
     if "," in spec:
         choices = tuple(_scalar(c) for c in spec.split(",") if c.strip())
         if len(choices) != len(set(choices)):
-            raise ValueError(f"--space {item!r}: the choices repeat a value")
+            raise UserInputError(f"--space {item!r}: the choices repeat a value")
         return Param(key, choices=choices)
     parts = spec.split(":")
     if len(parts) not in (2, 3) or (len(parts) == 3 and parts[2].strip() != "log"):
-        raise ValueError(f"--space {item!r}: expected LOW:HIGH, LOW:HIGH:log or A,B,... (to "
-                         "fix a value, use --set instead)")
+        raise UserInputError(f"--space {item!r}: expected LOW:HIGH, LOW:HIGH:log or A,B,... (to "
+                             "fix a value, use --set instead)")
     low, high = _scalar(parts[0]), _scalar(parts[1])
     log = len(parts) == 3
     for bound in (low, high):
         if isinstance(bound, (str, bool)):
-            raise ValueError(f"--space {item!r}: bound {bound!r} is not a number")
+            raise UserInputError(f"--space {item!r}: bound {bound!r} is not a number")
     if not low < high:
-        raise ValueError(f"--space {item!r}: expected LOW < HIGH, got {low} and {high}")
+        raise UserInputError(f"--space {item!r}: expected LOW < HIGH, got {low} and {high}")
     if log and low <= 0:
-        raise ValueError(f"--space {item!r}: a log range needs LOW > 0, got {low}")
+        raise UserInputError(f"--space {item!r}: a log range needs LOW > 0, got {low}")
     return Param(key, low, high, log=log)
 
 
@@ -171,21 +172,21 @@ def build_space(model: str, specs: list[str] = (), only: list[str] | None = None
     for item in specs:
         p = parse_param(item)
         if p.key in unread:
-            raise ValueError(f"--space {item!r}: model {model!r} does not read {p.key} (fixed "
-                             "by its registry entry or not part of its encoder)")
+            raise UserInputError(f"--space {item!r}: model {model!r} does not read {p.key} (fixed "
+                                 "by its registry entry or not part of its encoder)")
         space[p.key] = p
     if only is not None:
         keep = {resolve_key(n) for n in only}
         missing = sorted(keep - set(space))
         if missing:
-            raise ValueError(f"--params: {', '.join(missing)} not in the search space of "
-                             f"{model!r} ({', '.join(p.name for p in space.values())}); add it "
-                             "with --space NAME=SPEC")
+            raise UserInputError(f"--params: {', '.join(missing)} not in the search space of "
+                                 f"{model!r} ({', '.join(p.name for p in space.values())}); add it "
+                                 "with --space NAME=SPEC")
         space = {k: p for k, p in space.items() if k in keep}
     notes = [f"{k} is fixed by --set, not searched" for k in space if k in fixed]
     params = [p for k, p in space.items() if k not in fixed]
     if not params:
-        raise ValueError(f"nothing to tune: the search space of {model!r} is empty after "
-                         "--params and --set")
+        raise UserInputError(f"nothing to tune: the search space of {model!r} is empty after "
+                             "--params and --set")
     return params, notes
 
