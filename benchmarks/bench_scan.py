@@ -1,5 +1,5 @@
-"""Benchmark of the coupled selective scan (SPEC section 2) on CPU: reference loop, pure-PyTorch
-path and compiled CPU kernel, forward and forward+backward, against the exp floor.
+"""Benchmark of the coupled selective scan (docs/MATH.md, section 2) on CPU: reference loop,
+pure-PyTorch path and compiled CPU kernel, forward and forward+backward, against the exp floor.
 
 Shapes: M modalities, B batch, D channels, N state size, L length. Defaults follow issue 2:
 M = 3, D = 256, N in {16, 64}, L in {50, 256, 1024, 4096}, batch 1, float32, with the inputs of a

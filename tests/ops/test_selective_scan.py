@@ -1,4 +1,4 @@
-"""Every implementation of coupled_selective_scan against the reference loop (SPEC section 2)."""
+"""Every implementation of coupled_selective_scan against the reference loop (docs/MATH.md, 2)."""
 
 from __future__ import annotations
 

@@ -3,7 +3,7 @@
 Shapes: M modalities, B batch, L sequence length (every modality has length L), d_m input width
 of modality m, d = d_model, N = d_state.
 
-The paper's claim (SPEC section 5): 49% faster inference and 83.7% less GPU memory than a
+The paper's claim (docs/MATH.md, section 5): 49% faster inference and 83.7% less GPU memory than a
 cross-attention fusion model. Coupled Mamba's encoder is linear in L (one coupled scan per layer);
 the cross-attention baseline is quadratic (M(M-1) pairwise attention maps per layer).
 

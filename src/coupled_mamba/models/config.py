@@ -1,4 +1,4 @@
-"""One typed configuration for every registered model (SPEC section 4 defaults).
+"""One typed configuration for every registered model (docs/MATH.md section 4 defaults).
 
 Symbols: M modalities, d_m input width of modality m, d = d_model, E = d_inner, N = d_state,
 R = dt_rank, K = d_conv. Saved as ``config.json`` next to the weights.
@@ -32,7 +32,7 @@ def _positive_float(name: str, value) -> None:
 
 @dataclass
 class CoupledMambaConfig:
-    """Hyperparameters of a multimodal model; paper defaults (SPEC section 4).
+    """Hyperparameters of a multimodal model; paper defaults (docs/MATH.md, section 4).
 
     Only ``input_dims`` is required; it is read from the data, never hard-coded.
     Derived values are filled in ``__post_init__`` (``dt_rank``, ``modality_names``); ``d_inner``

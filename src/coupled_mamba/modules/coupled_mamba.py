@@ -1,10 +1,10 @@
-"""Coupled Mamba layer and encoder (SPEC section 4; the paper's Fig. 2 and Eq. 5-8).
+"""Coupled Mamba layer and encoder (docs/MATH.md, section 4; the paper's Fig. 2 and Eq. 5-8).
 
 Shapes: M modalities, B batch, L length, d = d_model, E = d_inner = expand * d_model (the scan's D
 channels), N = d_state, R = dt_rank, K = d_conv.
 
 One coupled layer holds one Mamba block per modality (each with its own parameters) and runs ONE
-coupled selective scan (SPEC section 2) across all modalities:
+coupled selective scan (docs/MATH.md, section 2) across all modalities:
 
     h_m      = LayerNorm_m(x_m)                                  pre-norm, (B, L, d)
     u_m, z_m = in_proj_m(h_m)                                    (B, L, E) each

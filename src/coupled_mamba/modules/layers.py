@@ -2,11 +2,11 @@
 
 Shapes: M modalities, B batch, L length, d / d_in / d_out feature widths.
 
-The coupled layer (SPEC section 4) gives every modality its own projections and norms. Holding
-the M copies in one (M, ...) parameter instead of a ModuleList of M modules turns M small matmuls
-into one batched matmul (``torch.bmm``) and keeps the modality axis first, which is the layout the
-coupled scan wants. Slice m of each parameter is exactly the parameter an ``nn.Linear`` /
-``nn.LayerNorm`` of modality m would hold, initialised with the same distribution.
+The coupled layer (docs/MATH.md, section 4) gives every modality its own projections and norms.
+Holding the M copies in one (M, ...) parameter instead of a ModuleList of M modules turns M small
+matmuls into one batched matmul (``torch.bmm``) and keeps the modality axis first, which is the
+layout the coupled scan wants. Slice m of each parameter is exactly the parameter an ``nn.Linear``
+/ ``nn.LayerNorm`` of modality m would hold, initialised with the same distribution.
 """
 
 from __future__ import annotations
@@ -102,7 +102,7 @@ class FeatureStandardize(nn.Module):
 
 
 class ModalityProjection(nn.Sequential):
-    """Input projection of one modality (SPEC section 4):
+    """Input projection of one modality (docs/MATH.md, section 4):
     Linear(d_m, hidden) -> LayerNorm -> ReLU -> Linear(hidden, d_model) -> LayerNorm.
 
     (B, L, d_m) -> (B, L, d_model). Feature widths differ between modalities, so each modality has

@@ -1,4 +1,4 @@
-"""The coupled selective scan and its global convolution form (SPEC sections 2-3)."""
+"""The coupled selective scan and its global convolution form (docs/MATH.md, sections 2-3)."""
 
 from ._reference import coupled_selective_scan_ref
 from ._torch_scan import coupled_selective_scan_torch

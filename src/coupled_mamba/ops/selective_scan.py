@@ -1,4 +1,4 @@
-"""The coupled selective scan (SPEC section 2) and the one place that picks its implementation.
+"""The coupled selective scan (docs/MATH.md, section 2) and the one place that picks its backend.
 
 Shapes: M modalities, Bt batch, D channels (d_inner), N state size, L length.
 
@@ -127,7 +127,7 @@ def coupled_selective_scan(
     return_last_state: bool = False,
     impl: str = "auto",
 ):
-    """Coupled selective scan of M modality chains (SPEC section 2).
+    """Coupled selective scan of M modality chains (docs/MATH.md, section 2).
 
     h[t][m] = exp(dt A)[m] * sum_k W[m, k] h[t-1][k] + dt B u;  y = C h + D u, gated by silu(z).
 
