@@ -147,15 +147,12 @@ def build_model(variant: str, settings: dict):
 def resolved_scan_impl(model, device) -> str | None:
     """Which scan implementation the model's ``scan_impl`` resolves to on ``device`` (None for
     models without a scan)."""
-    import torch
-
-    from coupled_mamba.ops import selective_scan
+    from coupled_mamba.ops import scan_backend
 
     impl = getattr(model.config, "scan_impl", None)
     if model.model_name == "cross_attention" or impl is None:
         return None
-    fn = selective_scan._resolve_impl(impl, torch.device(device))
-    return fn.__name__.replace("coupled_selective_scan_", "")
+    return scan_backend(device, impl)
 
 
 def _tensor_mb(tensors) -> float:

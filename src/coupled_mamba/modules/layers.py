@@ -24,11 +24,13 @@ class ModalityLinear(nn.Module):
     Parameters: weight (M, d_out, d_in), bias (M, d_out) or None.
     """
 
-    def __init__(self, n_modalities: int, d_in: int, d_out: int, bias: bool = True):
+    def __init__(self, n_modalities: int, d_in: int, d_out: int, bias: bool = True,
+                 device=None, dtype=None):
         super().__init__()
+        factory = {"device": device, "dtype": dtype}
         self.n_modalities, self.d_in, self.d_out = n_modalities, d_in, d_out
-        self.weight = nn.Parameter(torch.empty(n_modalities, d_out, d_in))
-        self.bias = nn.Parameter(torch.empty(n_modalities, d_out)) if bias else None
+        self.weight = nn.Parameter(torch.empty(n_modalities, d_out, d_in, **factory))
+        self.bias = nn.Parameter(torch.empty(n_modalities, d_out, **factory)) if bias else None
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -60,11 +62,12 @@ class ModalityLayerNorm(nn.Module):
     Parameters: weight (M, d) (ones), bias (M, d) (zeros).
     """
 
-    def __init__(self, n_modalities: int, d: int, eps: float = 1e-5):
+    def __init__(self, n_modalities: int, d: int, eps: float = 1e-5, device=None, dtype=None):
         super().__init__()
+        factory = {"device": device, "dtype": dtype}
         self.n_modalities, self.d, self.eps = n_modalities, d, eps
-        self.weight = nn.Parameter(torch.ones(n_modalities, d))
-        self.bias = nn.Parameter(torch.zeros(n_modalities, d))
+        self.weight = nn.Parameter(torch.ones(n_modalities, d, **factory))
+        self.bias = nn.Parameter(torch.zeros(n_modalities, d, **factory))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (M, ..., d) -> (M, ..., d)."""
