@@ -1,4 +1,4 @@
-"""GPU efficiency check: Coupled Mamba vs cross-attention on CUDA (paper Figs. 3-4, issue 6).
+"""GPU efficiency check: Coupled Mamba vs cross-attention on CUDA (paper Figs. 3-4).
 
     PYTHONPATH=src python3 benchmarks/gpu_efficiency.py --out OUT_DIR            # on a GPU, < 3 min
     PYTHONPATH=src python3 benchmarks/gpu_efficiency.py --smoke --out /tmp/x     # CPU, every path

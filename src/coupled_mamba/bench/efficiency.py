@@ -345,7 +345,7 @@ def add_ratios(rows: list[dict]) -> None:
 
 
 def check_targets(rows: list[dict], device: str, model: str = "coupled_mamba") -> list[dict]:
-    """The issue's targets, judged on the inference rows of ``model``.
+    """The efficiency targets (docs/BENCHMARKS.md), judged on the inference rows of ``model``.
 
     CPU: faster than SDPA cross-attention at every measured L >= 1000, and less total memory at
     every measured L >= 500. CUDA: at L = 1000, >= 2x faster and >= 85% less memory than the
