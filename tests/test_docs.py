@@ -93,7 +93,10 @@ _HASH_CONTEXTS = [
     re.compile(r"[`(]" + _HEX + r"[`)+]"),
     re.compile(r"[_-]([0-9a-f]{7,12})(?=[.*_-])"),
 ]
-_OUTSIDE = re.compile(r"\.\./shared|(?<![\w.-])shared/(?:data|docs)\b|/work/|/root/|\bSPEC\b")
+# Paths outside the repository, and citations of the specification the repository does not hold
+# (docs/MATH.md replaces it); a placeholder such as NAME=SPEC is not a citation.
+_OUTSIDE = re.compile(r"\.\./shared|(?<![\w.-])shared/(?:data|docs)\b|/work/|/root/"
+                      r"|\bSPEC(?:\.md\b|'s\b|\s+(?:sections?\s+)?\d)")
 
 
 def _is_hash(token: str) -> bool:
@@ -120,6 +123,11 @@ def test_hash_rule_catches_references_and_spares_constants():
               "sha256 of the file", "at 1e-30 relative", "(B, L, d)", "coupling 0.5 at L = 1000"]
     for line in spared:
         assert not find_commit_hashes(line), line
+    for line in ["see ../shared/data/ROSMAP", "(SPEC section 2)", "SPEC 4 head", "SPEC.md",
+                 "SPEC's recurrence", "shared/docs/MMSA_FORMAT.md", "/work/main/src"]:
+        assert _OUTSIDE.search(line), line
+    for line in ["--space NAME=SPEC", "a SPEC is LOW:HIGH", "shared state", "docs/MATH.md"]:
+        assert not _OUTSIDE.search(line), line
 
 
 def _scanned_files() -> list[Path]:

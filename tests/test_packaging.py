@@ -25,7 +25,7 @@ TORCH_PIN = "torch==2.13.0"  # the Makefile's pin: a CPU wheel
 # Imports of modules that only extras provide fail inside this prelude, as in a core install.
 BLOCKER = textwrap.dedent("""
     import importlib.abc, sys
-    BLOCKED = {"yaml", "tqdm", "sklearn", "h5py", "matplotlib", "scipy", "tensorboard"}
+    BLOCKED = {"yaml", "tqdm", "sklearn", "h5py", "matplotlib", "scipy", "tensorboard", "optuna"}
     class _Blocker(importlib.abc.MetaPathFinder):
         def find_spec(self, name, path=None, target=None):
             if name.split(".")[0] in BLOCKED:
