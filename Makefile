@@ -17,11 +17,11 @@ venv: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV_FLAGS) $(VENV)
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install "$(TORCH_PIN)"
-	$(PY) -m pip install -e ".[test]"
+	$(PY) -m pip install -e ".[all,test]"
 	touch $@
 
 demo: venv
-	$(VENV)/bin/coupled-mamba demo
+	$(PY) -m coupled_mamba demo
 
 # pytest's own exit code is kept: 5 (no tests collected) fails the target like any other error.
 test: venv

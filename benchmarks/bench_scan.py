@@ -1,9 +1,10 @@
-"""Benchmark of the coupled selective scan (SPEC section 2) on CPU: reference loop, pure-PyTorch
-path and compiled CPU kernel, forward and forward+backward, against the exp floor.
+"""Benchmark of the coupled selective scan (docs/MATH.md, section 2) on CPU: reference loop,
+pure-PyTorch path and compiled CPU kernel, forward and forward+backward, against the exp floor.
 
-Shapes: M modalities, B batch, D channels, N state size, L length. Defaults follow issue 2:
-M = 3, D = 256, N in {16, 64}, L in {50, 256, 1024, 4096}, batch 1, float32, with the inputs of a
-real model layer (D skip, z gate, delta_bias, delta_softplus=True).
+Shapes: M modalities, B batch, D channels, N state size, L length. Defaults (the sizes the CPU
+targets of docs/BENCHMARKS.md are judged at): M = 3, D = 256, N in {16, 64}, L in {50, 256, 1024,
+4096}, batch 1, float32, with the inputs of a real model layer (D skip, z gate, delta_bias,
+delta_softplus=True).
 
 The exp floor is the time of the M*B*L*D*N exponentials alone, at the rate torch.exp reaches on
 one thread (fp32, a 1 MiB tensor that stays in L2, written with out=, so the rate is the exp

@@ -1,4 +1,4 @@
-"""Per-call cost of a short coupled scan (SPEC section 2) under three timing conditions.
+"""Per-call cost of a short coupled scan (docs/MATH.md, section 2) under three timing conditions.
 
 bench_scan.py times every variant in shuffled rounds, so each call starts after other work; the
 rate floor (M*B*L*D*N / exp rate) comes from back-to-back calls. For short sequences the two

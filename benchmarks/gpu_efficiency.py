@@ -1,4 +1,4 @@
-"""GPU efficiency check: Coupled Mamba vs cross-attention on CUDA (paper Figs. 3-4, issue 6).
+"""GPU efficiency check: Coupled Mamba vs cross-attention on CUDA (paper Figs. 3-4).
 
     PYTHONPATH=src python3 benchmarks/gpu_efficiency.py --out OUT_DIR            # on a GPU, < 3 min
     PYTHONPATH=src python3 benchmarks/gpu_efficiency.py --smoke --out /tmp/x     # CPU, every path
@@ -68,7 +68,7 @@ def main(argv=None) -> int:
             print("error: CUDA is not available (use --smoke for a CPU check)", file=sys.stderr)
             return 2
         device = "cuda"
-        # The paper's model (SPEC 4) with CMU-MOSEI's input widths.
+        # The paper's model (docs/MATH.md section 4) with CMU-MOSEI's input widths.
         model = dict(batch=args.batch, input_dims=[768, 74, 35], d_model=128, d_state=64,
                      n_layers=3, warmup=3, repeats=10)
         lengths = [int(x) for x in args.lengths.split(",")]

@@ -61,7 +61,8 @@ from coupled_mamba.ops import (  # noqa: E402
 )
 
 GRAD_NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias", "initial_state")
-SUM_L = 40  # "sum" coupling checks: float32 overflows (by design, SPEC section 2) after ~80 steps
+# "sum" coupling checks: float32 overflows (by design, docs/MATH.md section 2) after ~80 steps
+SUM_L = 40
 VARIANTS = ("parallel", "chunked", "seq")
 
 

@@ -7,7 +7,7 @@ training rows. The inverse regularisation C is chosen on the validation rows by 
 criterion the trainer uses (valid cross-entropy), from a fixed grid. Test metrics come from
 ``coupled_mamba.metrics.classification_metrics`` (accuracy, weighted/macro F1, AUC).
 
-    .venv/bin/python benchmarks/rosmap_baseline.py --data ../shared/data/ROSMAP \
+    .venv/bin/python benchmarks/rosmap_baseline.py --data ROSMAP \
         --config configs/rosmap.yaml --out runs/rosmap_logreg.json
 
 The fit is deterministic (lbfgs), so there is no seed to vary.
@@ -40,7 +40,7 @@ def features(split, names: list[str]) -> np.ndarray:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data", required=True, help="MOGONET folder (e.g. ../shared/data/ROSMAP)")
+    p.add_argument("--data", required=True, help="MOGONET folder (e.g. ROSMAP)")
     p.add_argument("--config", default="configs/rosmap.yaml",
                    help="experiment config whose data section is used")
     p.add_argument("--out", help="write the results as JSON")

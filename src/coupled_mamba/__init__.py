@@ -1,12 +1,22 @@
 """Coupled Mamba: multimodal fusion with a coupled selective state-space scan.
 
 Li et al., "Coupled Mamba: Enhanced Multi-modal Fusion with Coupled State Space Model",
-NeurIPS 2024 (arXiv:2405.18014).
+NeurIPS 2024 (arXiv:2405.18014). Interface levels, lowest first: the op
+(:func:`coupled_selective_scan`), the mixer and layer (:class:`CoupledMambaMixer`,
+:class:`CoupledMambaLayer`), the encoder (:class:`CoupledMambaEncoder`) and the task models
+(:func:`create_model`, :class:`CoupledMambaModel`). The core needs only torch, numpy and
+safetensors; the command line (``python -m coupled_mamba``) needs the ``[cli]`` extra.
 """
 
-from .models import CoupledMambaConfig, create_model, from_pretrained, list_models
-from .modules import CoupledMambaEncoder, CoupledMambaLayer
-from .ops import coupled_conv, coupled_conv_kernel, coupled_selective_scan
+from .models import (
+    CoupledMambaConfig,
+    CoupledMambaModel,
+    create_model,
+    from_pretrained,
+    list_models,
+)
+from .modules import CoupledMambaEncoder, CoupledMambaLayer, CoupledMambaMixer
+from .ops import coupled_conv, coupled_conv_kernel, coupled_selective_scan, scan_backend
 
 __version__ = "0.1.0"
 
@@ -14,6 +24,8 @@ __all__ = [
     "CoupledMambaConfig",
     "CoupledMambaEncoder",
     "CoupledMambaLayer",
+    "CoupledMambaMixer",
+    "CoupledMambaModel",
     "__version__",
     "coupled_conv",
     "coupled_conv_kernel",
@@ -21,4 +33,5 @@ __all__ = [
     "create_model",
     "from_pretrained",
     "list_models",
+    "scan_backend",
 ]

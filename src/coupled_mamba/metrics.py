@@ -1,9 +1,8 @@
 """Evaluation metrics: MMSA's sentiment metrics exactly, plus classification and multi-label ones.
 
-Sentiment definitions follow MMSA's ``utils/metricsTop.py`` (see ``../shared/docs/MMSA_FORMAT.md``
-section 2 and docs/METRICS.md): same clipping, binning, float32 comparisons, weighted F1 and
-``round(x, 4)``, and the same key names, so tables line up with the literature. N is the number of
-samples, K the number of classes or labels.
+Sentiment definitions follow MMSA's ``utils/metricsTop.py`` (see docs/METRICS.md): same clipping,
+binning, float32 comparisons, weighted F1 and ``round(x, 4)``, and the same key names, so tables
+line up with the literature. N is the number of samples, K the number of classes or labels.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Segment-mean alignment (SPEC section 4) against the loop reference and hand computations."""
+"""Segment-mean alignment (docs/MATH.md, section 4) against the loop reference and by hand."""
 
 from __future__ import annotations
 

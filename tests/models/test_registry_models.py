@@ -27,6 +27,28 @@ def test_registry_lists_the_paper_models():
         create_model("mamba2", None)
     assert model_entry("avg_fusion").overrides == {"coupling": "none", "fusion": "mean"}
     assert model_entry("coupled_mamba").description
+    assert list_models("*fusion") == ["avg_fusion", "concat_fusion", "mamba_fusion"]
+    assert list_models("coupled_*") == ["coupled_mamba"] and list_models("nothing*") == []
+
+
+def test_create_model_takes_config_fields_as_keywords(make_config):
+    """timm's create_model(name, **kwargs): fields alone, or overrides of a config."""
+    model = create_model("coupled_mamba", input_dims=[5, 7], d_model=16, d_state=16, n_layers=1)
+    assert model.config.input_dims == [5, 7] and model.config.d_model == 16
+    assert model.config.dt_rank == 2  # derived from d_state, as CoupledMambaConfig does
+    base = make_config()
+    smaller = create_model("coupled_mamba", base, d_state=16, input_dims=[4, 4])
+    assert smaller.config.d_state == 16 and smaller.config.dt_rank == 2  # re-derived
+    assert smaller.config.modality_names == ["m0", "m1"] and smaller.config.d_model == 16
+    assert base.d_state == 8  # the caller's config is not modified
+    kept = create_model("coupled_mamba", make_config(dt_rank=3), d_state=32)
+    assert kept.config.dt_rank == 3  # an explicit dt_rank stays
+    with pytest.raises(ValueError, match="give a config or input_dims"):
+        create_model("coupled_mamba", d_model=16)
+    with pytest.raises(ValueError, match="unknown keys \\['d_modell'\\]"):
+        create_model("coupled_mamba", input_dims=[3], d_modell=16)
+    with pytest.warns(UserWarning, match="fixes coupling='none'"):
+        create_model("mamba_fusion", base, coupling="sum")
 
 
 @pytest.mark.parametrize("name", list_models())

@@ -8,7 +8,13 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from coupled_mamba.models import create_model, from_pretrained, list_models
+from coupled_mamba.models import (
+    CoupledMambaModel,
+    MultimodalModel,
+    create_model,
+    from_pretrained,
+    list_models,
+)
 
 
 @pytest.mark.parametrize("name", list_models())
@@ -49,13 +55,26 @@ def test_mismatched_or_missing_files_raise(tmp_path, make_config):
     save_file(weights, tmp_path / "model.safetensors")
     with pytest.raises(ValueError, match="missing \\['head.fusion.logits'\\]"):
         from_pretrained(tmp_path)
-    (tmp_path / "model.safetensors").unlink()
-    with pytest.raises(ValueError, match="model.safetensors: not found"):
-        from_pretrained(tmp_path)
     data = json.loads((tmp_path / "config.json").read_text())
     del data["model_name"]
     (tmp_path / "config.json").write_text(json.dumps(data))
     with pytest.raises(ValueError, match="model_name"):
         from_pretrained(tmp_path)
-    with pytest.raises(ValueError, match="not found"):
-        from_pretrained(tmp_path / "nowhere")
+    # Missing files are OSError, as in Hugging Face's from_pretrained.
+    (tmp_path / "model.safetensors").unlink()
+    with pytest.raises(OSError, match="no file named model.safetensors"):
+        from_pretrained(tmp_path)
+    with pytest.raises(OSError, match="no file named config.json"):
+        CoupledMambaModel.from_pretrained(tmp_path / "nowhere")
+
+
+def test_from_pretrained_on_a_class_checks_the_saved_model(tmp_path, make_config):
+    torch.manual_seed(0)
+    model = create_model("mamba_fusion", make_config())
+    model.save_pretrained(tmp_path / "fusion")
+    loaded = CoupledMambaModel.from_pretrained(tmp_path / "fusion")
+    assert type(loaded) is CoupledMambaModel and loaded.model_name == "mamba_fusion"
+    assert isinstance(MultimodalModel.from_pretrained(tmp_path / "fusion"), CoupledMambaModel)
+    create_model("cross_attention", make_config()).save_pretrained(tmp_path / "ca")
+    with pytest.raises(ValueError, match="holds a 'cross_attention' model.*not a CoupledMambaModel"):
+        CoupledMambaModel.from_pretrained(tmp_path / "ca")

@@ -1,5 +1,5 @@
 """CoupledMambaLayer / CoupledMambaEncoder: Mamba block fidelity, coupling, padding, absent
-modalities, streaming (SPEC section 4)."""
+modalities, streaming (docs/MATH.md, section 4)."""
 
 from __future__ import annotations
 

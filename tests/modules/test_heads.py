@@ -1,4 +1,4 @@
-"""Pooling over valid steps, modality fusion, streaming pooling (SPEC section 4, head)."""
+"""Pooling over valid steps, modality fusion, streaming pooling (docs/MATH.md, section 4; head)."""
 
 from __future__ import annotations
 

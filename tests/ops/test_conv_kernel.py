@@ -1,4 +1,4 @@
-"""The global convolution kernel (SPEC section 3) equals the recurrence with constant parameters."""
+"""The global convolution kernel (docs/MATH.md, section 3) equals the constant recurrence."""
 
 from __future__ import annotations
 

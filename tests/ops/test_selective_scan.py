@@ -1,4 +1,4 @@
-"""Every implementation of coupled_selective_scan against the reference loop (SPEC section 2)."""
+"""Every implementation of coupled_selective_scan against the reference loop (docs/MATH.md, 2)."""
 
 from __future__ import annotations
 
@@ -220,3 +220,37 @@ def test_sum_coupling_grows_like_M(make_scan_inputs):
         warnings.simplefilter("ignore", RuntimeWarning)
         _, h = coupled_selective_scan(**kw, coupling="sum", return_last_state=True, impl="ref")
     assert torch.allclose(h, torch.full_like(h, 3.0**6), rtol=1e-6)
+
+
+# --- which backend runs -----------------------------------------------------------------------
+
+def test_scan_backend_names_the_implementation_that_runs(monkeypatch, make_scan_inputs):
+    """scan_backend answers from the dispatcher's own decision, for tensors or devices."""
+    from coupled_mamba import scan_backend
+    from coupled_mamba.ops import _cpu
+    from coupled_mamba.ops import selective_scan as dispatch
+
+    kw = make_scan_inputs(L=9, requires_grad=False)
+    expected = "cpu" if _available("cpu") else "torch"
+    assert scan_backend(kw["u"]) == scan_backend("cpu") == scan_backend(torch.device("cpu"))
+    assert scan_backend(kw["u"]) == expected
+    assert scan_backend(kw["u"], "ref") == "ref" and scan_backend("cpu", "torch") == "torch"
+    assert scan_backend("meta") == "torch"  # no kernel for other devices
+    with pytest.raises(ValueError, match="unknown implementation 'fast'"):
+        scan_backend(kw["u"], "fast")
+    with pytest.raises(ValueError, match="needs CPU tensors"):
+        scan_backend("cuda", "cpu")
+
+    # Without a usable kernel, "auto" falls back, and the answer follows without a warning.
+    monkeypatch.setattr(_cpu, "is_available", lambda: (False, "no C++ compiler (test)"))
+    monkeypatch.setattr(dispatch, "_warned", set())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert scan_backend(kw["u"]) == "torch"
+    calls = []
+    real = dispatch.coupled_selective_scan_torch
+    monkeypatch.setattr(dispatch, "coupled_selective_scan_torch",
+                        lambda *a, **k: calls.append(1) or real(*a, **k))
+    with pytest.warns(RuntimeWarning, match="compiled CPU kernel unavailable"):
+        coupled_selective_scan(**kw)
+    assert calls == [1]

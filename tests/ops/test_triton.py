@@ -1,4 +1,4 @@
-"""The fused Triton scan against the reference loop (SPEC section 2).
+"""The fused Triton scan against the reference loop (docs/MATH.md, section 2).
 
 On CPU the kernels run in Triton's interpreter. The interpreter works only when TRITON_INTERPRET=1
 is set before triton is first imported, and then holds for the whole process, so
@@ -613,7 +613,7 @@ gpu = pytest.mark.skipif(not torch.cuda.is_available() or INTERPRETING,
 @gpu
 @pytest.mark.parametrize("coupling", COUPLINGS)
 def test_gpu_matches_reference(coupling, make_scan_inputs):
-    # "sum" overflows float32 after ~80 steps by design (SPEC section 2): a short sequence.
+    # "sum" overflows float32 after ~80 steps by design (docs/MATH.md, section 2): a short sequence.
     L = 40 if coupling == "sum" else 150
     kw = make_scan_inputs(M=3, Bt=2, D=40, N=16, L=L, dtype=torch.float32, device="cuda",
                           with_state=True)

@@ -31,7 +31,7 @@ def test_torchrun_two_processes_match_one(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-         "-m", "coupled_mamba.train.cli", *args, "--out", str(tmp_path / "ddp"),
+         "-m", "coupled_mamba", *args, "--out", str(tmp_path / "ddp"),
          "--set", "train.tensorboard=true"],
         capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]

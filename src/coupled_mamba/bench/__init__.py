@@ -1,4 +1,4 @@
-"""Benchmarks that re-measure the paper's claims (issue 6): ``coupled-mamba bench ...``.
+"""Benchmarks that re-measure the paper's claims: ``coupled-mamba bench ...``.
 
 - :mod:`.efficiency`: latency and peak memory against sequence length, Coupled Mamba vs the
   uncoupled Mamba fusion and cross-attention (SDPA and materialised weights), paper Figs. 3-4.

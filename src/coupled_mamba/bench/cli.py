@@ -9,6 +9,7 @@ files into ``--out``.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 
@@ -424,6 +425,10 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run_bench(args: argparse.Namespace) -> int:
+    # Plots and tests come after the measurements: ask for the [bench] extra before, not after.
+    for module in ("matplotlib", "scipy"):
+        if importlib.util.find_spec(module) is None:
+            raise ModuleNotFoundError(f"No module named {module!r}", name=module)
     return args._bench_run(args)
 
 

@@ -3,7 +3,7 @@
 Shapes: M modalities, B batch, L sequence length (every modality has length L), d_m input width
 of modality m, d = d_model, N = d_state.
 
-The paper's claim (SPEC section 5): 49% faster inference and 83.7% less GPU memory than a
+The paper's claim (docs/MATH.md, section 5): 49% faster inference and 83.7% less GPU memory than a
 cross-attention fusion model. Coupled Mamba's encoder is linear in L (one coupled scan per layer);
 the cross-attention baseline is quadratic (M(M-1) pairwise attention maps per layer).
 
@@ -148,15 +148,12 @@ def build_model(variant: str, settings: dict):
 def resolved_scan_impl(model, device) -> str | None:
     """Which scan implementation the model's ``scan_impl`` resolves to on ``device`` (None for
     models without a scan)."""
-    import torch
-
-    from coupled_mamba.ops import selective_scan
+    from coupled_mamba.ops import scan_backend
 
     impl = getattr(model.config, "scan_impl", None)
     if model.model_name == "cross_attention" or impl is None:
         return None
-    fn = selective_scan._resolve_impl(impl, torch.device(device))
-    return fn.__name__.replace("coupled_selective_scan_", "")
+    return scan_backend(device, impl)
 
 
 def _tensor_mb(tensors) -> float:
@@ -349,7 +346,7 @@ def add_ratios(rows: list[dict]) -> None:
 
 
 def check_targets(rows: list[dict], device: str, model: str = "coupled_mamba") -> list[dict]:
-    """The issue's targets, judged on the inference rows of ``model``.
+    """The efficiency targets (docs/BENCHMARKS.md), judged on the inference rows of ``model``.
 
     CPU: faster than SDPA cross-attention at every measured L >= 1000, and less total memory at
     every measured L >= 500. CUDA: at L = 1000, >= 2x faster and >= 85% less memory than the

@@ -4,7 +4,7 @@ Shape letters: N samples, M modalities, L sequence length, d_m feature size of m
 
 - :func:`load_dataset` reads MMSA pickles (CMU-MOSI/MOSEI, CH-SIMS/SIMSv2), MOGONET folders
   (BRCA, ROSMAP), MM-IMDB's ``multimodal_imdb.hdf5`` and the generic npz folder, and aligns
-  unaligned modalities by segment means (SPEC section 4, :mod:`.align`).
+  unaligned modalities by segment means (docs/MATH.md, section 4; :mod:`.align`).
 - :func:`make_synthetic` generates a benchmark whose label only cross-modal timing explains.
 - :func:`apply_missing` drops modalities following the paper's robustness protocol.
 - :class:`MultimodalTorchDataset` and :func:`collate` give the batch dict models consume.

@@ -4,8 +4,8 @@ Shape letters: N samples, M modalities, L padded sequence length, d_m feature si
 K labels (multi-label task).
 
 A modality is a right zero-padded array (N, L, d_m) plus valid lengths (N,). The present mask
-(N, M) flags modalities that were dropped (missing-modality protocol, SPEC section 4); its columns
-follow the order of the split's ``modalities`` dict, which loaders keep equal to
+(N, M) flags modalities that were dropped (missing-modality protocol, docs/MATH.md section 4);
+its columns follow the order of the split's ``modalities`` dict, which loaders keep equal to
 ``MultimodalData.modality_names``.
 """
 

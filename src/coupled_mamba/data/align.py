@@ -1,4 +1,4 @@
-"""Segment-mean alignment of unaligned modalities to one length (SPEC section 4).
+"""Segment-mean alignment of unaligned modalities to one length (docs/MATH.md, section 4).
 
 Shape letters: N samples, T valid length of one sample, T_max padded input length, L target
 length, d feature size.
@@ -25,7 +25,7 @@ import numpy as np
 from ..errors import UserInputError
 from ._types import MultimodalData, Split
 
-DEFAULT_SEQ_LEN = 50  # SPEC section 4: the paper aligns to 50 steps
+DEFAULT_SEQ_LEN = 50  # docs/MATH.md section 4: the paper aligns to 50 steps
 # Elements of the float64 prefix-sum buffer in segment_mean (8 MB): small enough to stay in cache
 # and reused across blocks; 2.7x faster than one 64 MB buffer per block at CMU-MOSEI's size.
 _BLOCK_ELEMENTS = 1024 * 1024
@@ -146,7 +146,7 @@ def align_data(data: MultimodalData, seq_len: int | None = None) -> MultimodalDa
 
     Data whose modalities all share one padded length L (in every split) is aligned and passes
     through unchanged when ``seq_len`` is None or equals L. Otherwise every modality of every
-    split is resampled with :func:`align_split` to ``seq_len`` (default 50, SPEC section 4).
+    split is resampled with :func:`align_split` to ``seq_len`` (default 50, docs/MATH.md section 4).
     """
     if data.is_aligned and (seq_len is None or seq_len == data.seq_len):
         return data

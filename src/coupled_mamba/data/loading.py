@@ -1,4 +1,4 @@
-"""``load_dataset``: one entry point for every supported format, with alignment (SPEC section 4).
+"""``load_dataset``: one entry point for every format, with alignment (docs/MATH.md, section 4).
 
 Formats: "mmsa" (MMSA feature pickles), "mogonet" (multi-omics CSV folders), "mmimdb"
 (``multimodal_imdb.hdf5``), "npz" (the generic folder). Loaders return data and never mutate a
@@ -58,8 +58,8 @@ def load_dataset(path, format: str = "auto", seq_len: int | None = None, *,
         format: "auto" | "mmsa" | "mogonet" | "mmimdb" | "npz".
         seq_len: target length L. None keeps the data's own length when all modalities already
             share one (aligned files, MOGONET/MM-IMDB token sequences) and otherwise resamples to
-            50 (SPEC section 4); an explicit value resamples unless it equals that length. For
-            MOGONET and MM-IMDB it sets the number of tokens (same as ``n_tokens``).
+            50 (docs/MATH.md, section 4); an explicit value resamples unless it equals that
+            length. For MOGONET and MM-IMDB it sets the number of tokens (same as ``n_tokens``).
         trust_pickle: read an MMSA pickle with the standard unpickler, which runs any code the
             file names (default: a restricted one that rebuilds only numpy arrays and builtin
             containers; see docs/DATA.md). Other formats never unpickle and ignore it.

@@ -1,4 +1,4 @@
-"""Missing-modality protocol of the paper's robustness table (SPEC section 5, CMU-MOSEI ablation).
+"""Missing-modality protocol of the paper's robustness table (CMU-MOSEI; docs/MATH.md, section 5).
 
 Shape letters: N samples, M modalities.
 

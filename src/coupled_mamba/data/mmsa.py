@@ -2,7 +2,7 @@
 
 Shape letters: N samples, L_t/L_a/L_v padded lengths of text/audio/vision, d feature size.
 
-Layout (shared/docs/MMSA_FORMAT.md, read from MMSA's and MMSA-FET's code): a dict
+Layout (docs/DATA.md section 2.1, read from MMSA's and MMSA-FET's code): a dict
 ``{'train': S, 'valid': S, 'test': S}`` (MMSA-FET may add a ``'config'`` key), each split S a dict
 with ``text`` (N, L_t, 768) BERT features, ``text_bert`` (N, 3, L_t) [ids; attention mask;
 segments], ``audio`` (N, L_a, d_a), ``vision`` (N, L_v, d_v), ``audio_lengths``/``vision_lengths``

@@ -2,7 +2,7 @@
 
 Shape letters: N samples, F features of an omics view, n tokens, d = ceil(F / n) token size.
 
-Layout (MOGONET's ``ROSMAP/`` and ``BRCA/`` folders; shared/data/ROSMAP/SOURCE.md): headerless
+Layout (MOGONET's ``ROSMAP/`` and ``BRCA/`` folders; docs/DATA.md section 2.2): headerless
 comma-separated floats, one row per sample; ``{v}_tr.csv`` / ``{v}_te.csv`` hold view v
 (1 = mRNA expression, 2 = DNA methylation, 3 = miRNA expression), ``labels_tr.csv`` /
 ``labels_te.csv`` one class id per line (written as floats), ``{v}_featname.csv`` one feature name

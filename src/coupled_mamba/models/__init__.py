@@ -1,9 +1,9 @@
 """Task models, their one config dataclass and the model registry.
 
-    from coupled_mamba.models import CoupledMambaConfig, create_model, list_models, from_pretrained
-    cfg = CoupledMambaConfig(input_dims=[768, 74, 35], modality_names=["text", "audio", "vision"])
-    model = create_model("coupled_mamba", cfg)      # any name from list_models()
-    y = model([text, audio, vision], mask=masks)    # (B, num_outputs)
+    from coupled_mamba.models import CoupledMambaModel, create_model, list_models
+    model = create_model("coupled_mamba", input_dims=[768, 74, 35])  # any name from list_models()
+    y = model([text, audio, vision], mask=masks)                     # (B, num_outputs)
+    model.save_pretrained("ckpt"); model = CoupledMambaModel.from_pretrained("ckpt")
 """
 
 from ._base import MultimodalModel, from_pretrained

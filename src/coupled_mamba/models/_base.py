@@ -20,7 +20,7 @@ from ..errors import UserInputError
 from ..modules._inputs import prepare_inputs
 from ..modules.heads import PoolFuseHead
 from ..modules.layers import FeatureStandardize, ModalityProjection
-from ._registry import create_model
+from ._registry import create_model, model_entry
 from .config import CoupledMambaConfig
 
 CONFIG_NAME = "config.json"
@@ -119,10 +119,10 @@ class MultimodalModel(nn.Module):
                 f"{self._describe_encoder()}; pooling {c.pooling}, fusion {c.fusion}, "
                 f"{c.task} -> {c.num_outputs}; {self.num_parameters():,} parameters")
 
-    # --- save / load ---------------------------------------------------------------------------
-    def save_pretrained(self, directory: str | os.PathLike) -> None:
+    # --- save / load (Hugging Face's names and layout) --------------------------------------------
+    def save_pretrained(self, save_directory: str | os.PathLike) -> None:
         """Write ``config.json`` (with the registry name) and ``model.safetensors``."""
-        directory = os.fspath(directory)
+        directory = os.fspath(save_directory)
         os.makedirs(directory, exist_ok=True)
         data = {"model_name": self.model_name, **self.config.to_dict()}
         with open(os.path.join(directory, CONFIG_NAME), "w") as f:
@@ -131,38 +131,58 @@ class MultimodalModel(nn.Module):
         save_model(self, os.path.join(directory, WEIGHTS_NAME),
                    metadata={"model_name": self.model_name})
 
+    @classmethod
+    def from_pretrained(cls, pretrained_model_path: str | os.PathLike,
+                        device: str | torch.device = "cpu") -> MultimodalModel:
+        """Rebuild a model saved with :meth:`save_pretrained`; returned in eval mode on ``device``.
 
-def from_pretrained(directory: str | os.PathLike, device: str | torch.device = "cpu") -> nn.Module:
-    """Rebuild a model saved with ``save_pretrained``; returned in eval mode on ``device``.
+        The registry name is read from ``config.json`` and every weight must match (strict
+        load). Called on a subclass (``CoupledMambaModel.from_pretrained``), the saved model must
+        be an instance of it.
 
-    The registry name is read from ``config.json``; every weight must match (strict load).
-    """
-    directory = os.fspath(directory)
-    cfg_path = os.path.join(directory, CONFIG_NAME)
-    if not os.path.isfile(cfg_path):
-        raise UserInputError(f"{cfg_path}: not found (expected a save_pretrained directory)")
-    with open(cfg_path, "rb") as f:
+        Raises:
+            OSError: the directory, ``config.json`` or ``model.safetensors`` is missing.
+            UserInputError (a ValueError): a file is malformed or damaged, or the weights do not
+                match the config.
+        """
+        directory = os.fspath(pretrained_model_path)
+        cfg_path = os.path.join(directory, CONFIG_NAME)
+        weights = os.path.join(directory, WEIGHTS_NAME)
+        for path in (cfg_path, weights):
+            if not os.path.isfile(path):
+                raise FileNotFoundError(f"{directory} has no file named "
+                                        f"{os.path.basename(path)} (expected a directory "
+                                        "written by save_pretrained)")
+        with open(cfg_path, "rb") as f:
+            try:
+                data = json.load(f)
+            except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
+                raise UserInputError(f"{cfg_path}: not valid JSON ({exc})") from None
+        if not isinstance(data, dict) or "model_name" not in data:
+            raise UserInputError(f"{cfg_path}: missing the key 'model_name' (the registry name)")
+        name = data.pop("model_name")
         try:
-            data = json.load(f)
-        except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
-            raise UserInputError(f"{cfg_path}: not valid JSON ({exc})") from None
-    if not isinstance(data, dict) or "model_name" not in data:
-        raise UserInputError(f"{cfg_path}: missing the key 'model_name' (the registry name)")
-    name = data.pop("model_name")
-    try:
-        config = CoupledMambaConfig.from_dict(data)
+            config = CoupledMambaConfig.from_dict(data)
+            entry_cls = model_entry(name).cls
+        except UserInputError as exc:
+            raise UserInputError(f"{cfg_path}: {exc}") from None
+        if not issubclass(entry_cls, cls):
+            raise UserInputError(f"{cfg_path}: holds a {name!r} model ({entry_cls.__name__}), "
+                                 f"not a {cls.__name__}")
         model = create_model(name, config)
-    except UserInputError as exc:
-        raise UserInputError(f"{cfg_path}: {exc}") from None
-    weights = os.path.join(directory, WEIGHTS_NAME)
-    if not os.path.isfile(weights):
-        raise UserInputError(f"{weights}: not found")
-    try:
-        missing, unexpected = load_model(model, weights, strict=False, device=str(device))
-    except (SafetensorError, RuntimeError) as exc:  # damaged file; shape mismatch
-        raise UserInputError(f"{weights}: cannot load ({type(exc).__name__}: "
-                             f"{' '.join(str(exc).split())})") from None
-    if missing or unexpected:
-        raise UserInputError(f"{weights}: does not match {name!r} built from {cfg_path} "
-                             f"(missing {sorted(missing)}, unexpected {sorted(unexpected)})")
-    return model.to(device).eval()
+        try:
+            missing, unexpected = load_model(model, weights, strict=False, device=str(device))
+        except (SafetensorError, RuntimeError) as exc:  # damaged file; shape mismatch
+            raise UserInputError(f"{weights}: cannot load ({type(exc).__name__}: "
+                                 f"{' '.join(str(exc).split())})") from None
+        if missing or unexpected:
+            raise UserInputError(f"{weights}: does not match {name!r} built from {cfg_path} "
+                                 f"(missing {sorted(missing)}, unexpected {sorted(unexpected)})")
+        return model.to(device).eval()
+
+
+def from_pretrained(pretrained_model_path: str | os.PathLike,
+                    device: str | torch.device = "cpu") -> MultimodalModel:
+    """Any registered model saved with ``save_pretrained``
+    (:meth:`MultimodalModel.from_pretrained`)."""
+    return MultimodalModel.from_pretrained(pretrained_model_path, device)

@@ -7,6 +7,7 @@ A registered name is a model class plus config overrides, so that variants of on
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 import warnings
 from dataclasses import dataclass, field
 
@@ -45,9 +46,13 @@ def register_model(name: str, *, description: str = "", **overrides):
     return wrap
 
 
-def list_models() -> list[str]:
-    """Registered model names, sorted."""
-    return sorted(_REGISTRY)
+def list_models(pattern: str | None = None) -> list[str]:
+    """Registered model names, sorted; ``pattern`` filters them with shell wildcards
+    (``list_models("*fusion")``), as timm's ``list_models`` does."""
+    names = sorted(_REGISTRY)
+    if pattern:
+        names = fnmatch.filter(names, pattern)
+    return names
 
 
 def model_entry(name: str) -> ModelEntry:
@@ -57,16 +62,33 @@ def model_entry(name: str) -> ModelEntry:
     return _REGISTRY[name]
 
 
-def create_model(name: str, config: CoupledMambaConfig) -> nn.Module:
-    """Build the registered model ``name`` from ``config``.
+def create_model(name: str, config: CoupledMambaConfig | None = None, **overrides) -> nn.Module:
+    """Build the registered model ``name``, as timm's ``create_model`` does.
+
+    Args:
+        name: a name from :func:`list_models`.
+        config: the hyperparameters; None builds them from ``overrides`` alone (which must then
+            hold ``input_dims``).
+        **overrides: config fields to set, e.g. ``input_dims=[768, 74, 35], d_model=64``; with a
+            ``config`` they replace its values (:meth:`CoupledMambaConfig.replace`).
 
     Fields that the name fixes (see :func:`model_entry`) replace the config's values; a config
     that set such a field to a different non-default value gets a warning. The returned model's
     ``config`` holds the values actually used, and ``model_name`` is ``name``.
+
+    Raises:
+        ValueError: an unknown name, an unknown config field or an invalid value.
     """
     entry = model_entry(name)
-    if not isinstance(config, CoupledMambaConfig):
+    if config is None:
+        if "input_dims" not in overrides:
+            raise ValueError(f"create_model({name!r}): give a config or input_dims=[d_1, ..., "
+                             "d_M], the feature width of each modality")
+        config = CoupledMambaConfig.from_dict(overrides)  # names unknown keys, unlike cls(**)
+    elif not isinstance(config, CoupledMambaConfig):
         raise ValueError(f"config: expected a CoupledMambaConfig, got {type(config).__name__}")
+    elif overrides:
+        config = config.replace(**overrides)
     if entry.overrides:
         defaults = {f.name: f.default for f in dataclasses.fields(CoupledMambaConfig)}
         for key, value in entry.overrides.items():

@@ -1,4 +1,4 @@
-"""One typed configuration for every registered model (SPEC section 4 defaults).
+"""One typed configuration for every registered model (docs/MATH.md section 4 defaults).
 
 Symbols: M modalities, d_m input width of modality m, d = d_model, E = d_inner, N = d_state,
 R = dt_rank, K = d_conv. Saved as ``config.json`` next to the weights.
@@ -21,6 +21,14 @@ TASKS = ("regression", "classification", "multilabel")
 METADATA_KEYS = ("model_name",)
 
 
+def _default_dt_rank(d_state: int) -> int:
+    return max(1, d_state // 8)  # the paper's "timescale = d_state / 8"
+
+
+def _default_names(n_modalities: int) -> list[str]:
+    return [f"m{i}" for i in range(n_modalities)]
+
+
 def _positive_int(name: str, value) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise UserInputError(f"{name}: expected a positive integer, got {value!r}")
@@ -33,7 +41,7 @@ def _positive_float(name: str, value) -> None:
 
 @dataclass
 class CoupledMambaConfig:
-    """Hyperparameters of a multimodal model; paper defaults (SPEC section 4).
+    """Hyperparameters of a multimodal model; paper defaults (docs/MATH.md, section 4).
 
     Only ``input_dims`` is required; it is read from the data, never hard-coded.
     Derived values are filled in ``__post_init__`` (``dt_rank``, ``modality_names``); ``d_inner``
@@ -93,7 +101,7 @@ class CoupledMambaConfig:
 
         names = self.modality_names
         if names is None:
-            names = [f"m{i}" for i in range(M)]
+            names = _default_names(M)
         names = list(names) if isinstance(names, (list, tuple)) else names
         if not isinstance(names, list) or not all(isinstance(n, str) and n for n in names):
             raise UserInputError(f"modality_names: expected a list of non-empty strings, got "
@@ -119,7 +127,7 @@ class CoupledMambaConfig:
                      "head_hidden", "n_heads", "ffn_mult"):
             _positive_int(name, getattr(self, name))
         if self.dt_rank is None:
-            self.dt_rank = max(1, self.d_state // 8)
+            self.dt_rank = _default_dt_rank(self.d_state)
         _positive_int("dt_rank", self.dt_rank)
 
         self.coupling = check_coupling(self.coupling, "coupling")
@@ -158,6 +166,23 @@ class CoupledMambaConfig:
     def d_inner(self) -> int:
         """E = expand * d_model, the scan's channel count."""
         return self.expand * self.d_model
+
+    def replace(self, **changes) -> CoupledMambaConfig:
+        """A validated copy with ``changes`` applied.
+
+        Derived fields that still hold their derived value are derived again from the new
+        values: ``replace(d_state=16)`` gives ``dt_rank`` 2 unless ``dt_rank`` was set
+        explicitly, and a new ``input_dims`` renames default modality names. Unknown fields raise
+        ValueError naming them.
+        """
+        data = self.to_dict()
+        if "dt_rank" not in changes and self.dt_rank == _default_dt_rank(self.d_state):
+            data["dt_rank"] = None
+        if ("modality_names" not in changes
+                and self.modality_names == _default_names(self.n_modalities)):
+            data["modality_names"] = None
+        data.update(changes)
+        return type(self).from_dict(data)
 
     # --- serialisation -------------------------------------------------------------------------
     def to_dict(self) -> dict:

@@ -1,4 +1,4 @@
-"""Coupled Mamba task model (SPEC section 4) and its uncoupled fusion baselines.
+"""Coupled Mamba task model (docs/MATH.md, section 4) and its uncoupled fusion baselines.
 
 Shapes: M modalities, B batch, L length, d_m input width of modality m, d = d_model, O outputs.
 
@@ -13,7 +13,7 @@ Registered names (one class, different fixed config fields):
 - ``avg_fusion`` / ``concat_fusion``: uncoupled encoders, pooled vectors averaged / concatenated
   (the paper's fusion ablation, Table 11).
 
-With W = I the coupled scan is exactly M separate Mamba scans (SPEC section 2), so the
+With W = I the coupled scan is exactly M separate Mamba scans (docs/MATH.md, section 2), so the
 uncoupled baselines share this code and differ from the coupled model in W alone.
 """
 

@@ -1,5 +1,5 @@
-"""Neural-network layers: coupled Mamba layer and encoder, cross-modal attention, pooling/fusion
-heads.
+"""Neural-network layers: coupled Mamba mixer, layer and encoder, cross-modal attention,
+pooling/fusion heads.
 
 Shapes: M modalities, B batch, L length, d = d_model. See docs/ARCHITECTURE.md for how they map to
 the paper.
@@ -11,6 +11,7 @@ from .coupled_mamba import (
     CoupledMambaCache,
     CoupledMambaEncoder,
     CoupledMambaLayer,
+    CoupledMambaMixer,
     check_coupling,
     check_coupling_mask,
 )
@@ -33,6 +34,7 @@ __all__ = [
     "CoupledMambaCache",
     "CoupledMambaEncoder",
     "CoupledMambaLayer",
+    "CoupledMambaMixer",
     "CrossModalBlock",
     "CrossModalEncoder",
     "MLPHead",

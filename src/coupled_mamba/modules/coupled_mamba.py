@@ -1,19 +1,20 @@
-"""Coupled Mamba layer and encoder (SPEC section 4; the paper's Fig. 2 and Eq. 5-8).
+"""Coupled Mamba mixer, layer and encoder (docs/MATH.md, section 4; the paper's Fig. 2, Eq. 5-8).
 
 Shapes: M modalities, B batch, L length, d = d_model, E = d_inner = expand * d_model (the scan's D
 channels), N = d_state, R = dt_rank, K = d_conv.
 
-One coupled layer holds one Mamba block per modality (each with its own parameters) and runs ONE
-coupled selective scan (SPEC section 2) across all modalities:
+The mixer holds one Mamba mixer per modality (each with its own parameters) and runs ONE coupled
+selective scan (docs/MATH.md, section 2) across all modalities; the layer adds a per-modality
+pre-norm and the residual, and the encoder stacks layers:
 
-    h_m      = LayerNorm_m(x_m)                                  pre-norm, (B, L, d)
+    h_m      = LayerNorm_m(x_m)                                  layer only: pre-norm, (B, L, d)
     u_m, z_m = in_proj_m(h_m)                                    (B, L, E) each
     u_m      = SiLU(causal_depthwise_conv1d_m(u_m))              kernel K, left zero padding
     dt_m, B_m, C_m = x_proj_m(u_m)                               widths R, N, N
     delta_m  = dt_proj_m.weight @ dt_m                           (bias goes to the scan)
     y        = coupled_selective_scan(u, delta, A, B, C, D, z, delta_bias=dt_proj.bias,
                                       delta_softplus=True, coupling=W)   all M at once
-    x_m      = x_m + out_proj_m(y_m)                              residual stream per modality
+    x_m      = x_m + out_proj_m(y_m)                              layer only: residual per modality
 
 with A_m = -exp(A_log_m). The coupling W mixes the M states before each transition
 (h[t][m] = Abar[t][m] * sum_k W[m, k] h[t-1][k] + bbar[t][m]); it is the only place where the
@@ -43,7 +44,7 @@ from torch import nn
 from ..errors import UserInputError
 from ..ops import IMPLS, coupled_selective_scan
 from ..ops._coupling import resolve_coupling
-from ._inputs import prepare_inputs
+from ._inputs import as_modality_list, check_sequences, prepare_inputs
 from .layers import ModalityLayerNorm, ModalityLinear
 
 COUPLING_MODES = ("none", "mean", "sum", "learned")
@@ -126,12 +127,16 @@ class CoupledMambaCache:
         return self.ssm_states[0].shape[1]
 
 
-class CoupledMambaLayer(nn.Module):
-    """One coupled layer: M Mamba blocks (own parameters) sharing one coupled scan.
+class _CoupledSSM(nn.Module):
+    """Parameters and computation shared by :class:`CoupledMambaMixer` and
+    :class:`CoupledMambaLayer`: M Mamba mixers (own parameters) sharing one coupled scan, plus the
+    layer's pre-norm when ``norm_eps`` is given. ``_mix`` takes and returns the modality-first
+    layout (M, B, L, d) and applies neither norm nor residual.
 
-    Parameters (leading M = one slice per modality): norm (M, d); in_proj (M, 2E, d);
-    conv_weight (M, E, K), conv_bias (M, E); x_proj (M, R + 2N, E); dt_proj (M, E, R) + bias (M, E);
-    A_log (M, E, N); D (M, E); out_proj (M, d, E); coupling_logits (M, M) when coupling="learned".
+    Parameters (leading M = one slice per modality): norm (M, d) (layer only); in_proj (M, 2E, d);
+    conv_weight (M, E, K), conv_bias (M, E); x_proj (M, R + 2N, E); dt_proj (M, E, R) + bias
+    (M, E); A_log (M, E, N); D (M, E); out_proj (M, d, E); coupling_logits (M, M) when
+    coupling="learned".
     """
 
     def __init__(
@@ -152,9 +157,11 @@ class CoupledMambaLayer(nn.Module):
         dt_init_floor: float = 1e-4,
         conv_bias: bool = True,
         bias: bool = False,
-        norm_eps: float = 1e-5,
         residual_scale: float = 1.0,
         scan_impl: str = "auto",
+        norm_eps: float | None = None,
+        device=None,
+        dtype=None,
     ):
         super().__init__()
         M = n_modalities
@@ -162,6 +169,7 @@ class CoupledMambaLayer(nn.Module):
             raise ValueError(f"scan_impl: unknown implementation {scan_impl!r}; expected {IMPLS}")
         if dt_init not in ("random", "constant"):
             raise ValueError(f"dt_init: expected 'random' or 'constant', got {dt_init!r}")
+        factory = {"device": device, "dtype": dtype}
         self.n_modalities, self.d_model, self.d_state, self.d_conv = M, d_model, d_state, d_conv
         self.d_inner = E = expand * d_model
         self.dt_rank = R = dt_rank if dt_rank is not None else max(1, d_state // 8)
@@ -169,15 +177,19 @@ class CoupledMambaLayer(nn.Module):
         self._init = dict(dt_min=dt_min, dt_max=dt_max, dt_init=dt_init, dt_scale=dt_scale,
                           dt_init_floor=dt_init_floor, residual_scale=residual_scale)
 
-        self.norm = ModalityLayerNorm(M, d_model, eps=norm_eps)
-        self.in_proj = ModalityLinear(M, d_model, 2 * E, bias=bias)
-        self.conv_weight = nn.Parameter(torch.empty(M, E, d_conv))
-        self.conv_bias = nn.Parameter(torch.empty(M, E)) if conv_bias else None
-        self.x_proj = ModalityLinear(M, E, R + 2 * d_state, bias=False)
-        self.dt_proj = ModalityLinear(M, R, E, bias=True)
-        self.A_log = nn.Parameter(torch.empty(M, E, d_state))
-        self.D = nn.Parameter(torch.empty(M, E))
-        self.out_proj = ModalityLinear(M, E, d_model, bias=bias)
+        # The layer's pre-norm is registered first: parameter order is observable (optimizer
+        # state, seeded code that walks model.parameters()), and this is the order it always had.
+        self.norm = None
+        if norm_eps is not None:
+            self.norm = ModalityLayerNorm(M, d_model, eps=norm_eps, **factory)
+        self.in_proj = ModalityLinear(M, d_model, 2 * E, bias=bias, **factory)
+        self.conv_weight = nn.Parameter(torch.empty(M, E, d_conv, **factory))
+        self.conv_bias = nn.Parameter(torch.empty(M, E, **factory)) if conv_bias else None
+        self.x_proj = ModalityLinear(M, E, R + 2 * d_state, bias=False, **factory)
+        self.dt_proj = ModalityLinear(M, R, E, bias=True, **factory)
+        self.A_log = nn.Parameter(torch.empty(M, E, d_state, **factory))
+        self.D = nn.Parameter(torch.empty(M, E, **factory))
+        self.out_proj = ModalityLinear(M, E, d_model, bias=bias, **factory)
         # Mamba excludes these from weight decay; optimisers may read the flag.
         self.A_log._no_weight_decay = True
         self.D._no_weight_decay = True
@@ -188,17 +200,19 @@ class CoupledMambaLayer(nn.Module):
             mask = torch.tensor(check_coupling_mask(coupling_mask, M), dtype=torch.bool)
             if bool(mask.all()):
                 mask = None  # no restriction: keep the cheaper scalar forms
+        fixed = None
+        if mask is not None and self.coupling != "learned":
+            fixed = masked_coupling_matrix(self.coupling, mask).to(
+                device=device, dtype=dtype if dtype is not None else torch.float32)
+            mask = mask.to(device)
         # Derived from the config, so not saved with the weights (persistent=False).
         self.register_buffer("coupling_mask", mask, persistent=False)
+        self.register_buffer("fixed_coupling", fixed, persistent=False)
+        self.coupling_logits = None
         if self.coupling == "learned":
-            self.coupling_logits = nn.Parameter(torch.zeros(M, M))
+            self.coupling_logits = nn.Parameter(torch.zeros(M, M, **factory))
             # Decay would pull the learned W towards uniform "mean" coupling: not a wanted prior.
             self.coupling_logits._no_weight_decay = True
-            self.register_buffer("fixed_coupling", None, persistent=False)
-        else:
-            self.coupling_logits = None
-            fixed = None if mask is None else masked_coupling_matrix(self.coupling, mask).float()
-            self.register_buffer("fixed_coupling", fixed, persistent=False)
         self.reset_parameters()
 
     @torch.no_grad()
@@ -268,17 +282,14 @@ class CoupledMambaLayer(nn.Module):
         y, h = out
         return y.transpose(-1, -2), h
 
-    def forward(self, x: torch.Tensor, state=None):
-        """x: (M, B, L, d) residual streams -> (M, B, L, d).
+    def _mix(self, h: torch.Tensor, state=None):
+        """h: (M, B, L, d) -> out_proj(coupled SSM(h)) (M, B, L, d) [, new state].
 
-        With ``state = (conv_state (M, B, E, K), ssm_state (M, B, E, N))`` (see
-        :meth:`allocate_state`) the L steps continue a sequence whose earlier steps left that
-        state, and the result is ``(out, (conv_state, ssm_state))`` with the state after the last
-        step; the arguments are not modified. Zero states give the stateless forward.
+        ``state`` as in :meth:`CoupledMambaLayer.forward`; without it the conv starts from zeros.
         """
-        M, Bsz, L, _ = x.shape
+        M, Bsz, L, _ = h.shape
         E, K = self.d_inner, self.d_conv
-        u, z = self.in_proj(self.norm(x)).chunk(2, dim=-1)  # (M, B, L, E) each
+        u, z = self.in_proj(h).chunk(2, dim=-1)  # (M, B, L, E) each
         # Depthwise causal conv of all M*E channels in one call: channel (m, e) has its own kernel.
         u = u.permute(1, 0, 3, 2).reshape(Bsz, M * E, L)
         if state is None:
@@ -293,18 +304,75 @@ class CoupledMambaLayer(nn.Module):
         u = F.conv1d(u, self.conv_weight.reshape(M * E, 1, K), bias, padding=pad, groups=M * E)
         u = F.silu(u[..., :L]).reshape(Bsz, M, E, L).permute(1, 0, 3, 2)  # (M, B, L, E)
         if state is None:
-            return x + self.out_proj(self._ssm(u, z))
+            return self.out_proj(self._ssm(u, z))
         y, ssm_state = self._ssm(u, z, initial_state=ssm_state)
-        return x + self.out_proj(y), (conv_state, ssm_state)
+        return self.out_proj(y), (conv_state, ssm_state)
 
     def allocate_state(self, batch_size: int, device=None, dtype=None):
-        """Zero (conv_state (M, B, E, K), ssm_state (M, B, E, N)) for :meth:`step`."""
+        """Zero (conv_state (M, B, E, K), ssm_state (M, B, E, N)) for stepping."""
         device = device if device is not None else self.D.device
         dtype = dtype if dtype is not None else self.D.dtype
         M, E = self.n_modalities, self.d_inner
         conv = torch.zeros(M, batch_size, E, self.d_conv, device=device, dtype=dtype)
         ssm = torch.zeros(M, batch_size, E, self.d_state, device=device, dtype=dtype)
         return conv, ssm
+
+    def extra_repr(self) -> str:
+        return (f"M={self.n_modalities}, d_model={self.d_model}, d_inner={self.d_inner}, "
+                f"d_state={self.d_state}, dt_rank={self.dt_rank}, d_conv={self.d_conv}, "
+                f"coupling={self.coupling!r}, masked={self.coupling_mask is not None}")
+
+
+class CoupledMambaMixer(_CoupledSSM):
+    """Drop-in coupled replacement for mamba-ssm's ``Mamba`` mixer, one per modality.
+
+    ``mixer([x_1, ..., x_M])`` takes M tensors (B, L, d_model) and returns M tensors of the same
+    shape: in_proj, causal conv, SiLU, selective parameters, ONE coupled scan across the M
+    modalities, gate, out_proj. Like mamba-ssm's mixer it has no norm and no residual (the block
+    around it adds those) and takes ``device``/``dtype`` factory arguments. With
+    ``coupling="none"`` modality m's output is exactly a Mamba mixer's on x_m alone.
+
+    Arguments are those of :class:`CoupledMambaLayer` without ``norm_eps``; ``layer_idx`` is
+    stored for code that indexes mixers as mamba-ssm's blocks do.
+    """
+
+    def __init__(self, n_modalities: int, d_model: int, *, layer_idx: int | None = None,
+                 **kwargs):
+        if "norm_eps" in kwargs:
+            raise TypeError("CoupledMambaMixer has no norm (norm_eps); CoupledMambaLayer has one")
+        super().__init__(n_modalities, d_model, **kwargs)
+        self.layer_idx = layer_idx
+
+    def forward(self, hidden_states: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """hidden_states: M tensors (B, L, d_model) sharing B, L, device -> M tensors (B, L, d)."""
+        names = [f"m{i}" for i in range(self.n_modalities)]
+        xs = as_modality_list(hidden_states, names, "hidden_states")
+        check_sequences(xs, names, [self.d_model] * self.n_modalities, "hidden_states")
+        return list(self._mix(torch.stack(xs)).unbind(0))
+
+
+class CoupledMambaLayer(_CoupledSSM):
+    """One coupled layer: per-modality pre-norm, the coupled mixer, residual add.
+
+    ``x + mixer(LayerNorm_m(x))`` on the modality-first layout (M, B, L, d). Parameters: those of
+    :class:`CoupledMambaMixer` (which see) plus norm (M, d).
+    """
+
+    def __init__(self, n_modalities: int, d_model: int, *, norm_eps: float = 1e-5, **kwargs):
+        super().__init__(n_modalities, d_model, norm_eps=norm_eps, **kwargs)
+
+    def forward(self, x: torch.Tensor, state=None):
+        """x: (M, B, L, d) residual streams -> (M, B, L, d).
+
+        With ``state = (conv_state (M, B, E, K), ssm_state (M, B, E, N))`` (see
+        :meth:`allocate_state`) the L steps continue a sequence whose earlier steps left that
+        state, and the result is ``(out, (conv_state, ssm_state))`` with the state after the last
+        step; the arguments are not modified. Zero states give the stateless forward.
+        """
+        if state is None:
+            return x + self._mix(self.norm(x))
+        out, state = self._mix(self.norm(x), state)
+        return x + out, state
 
     def step(self, x: torch.Tensor, conv_state: torch.Tensor, ssm_state: torch.Tensor):
         """One time step of every modality.
@@ -320,11 +388,6 @@ class CoupledMambaLayer(nn.Module):
         """
         out, (conv_state, ssm_state) = self(x[:, :, None], (conv_state, ssm_state))
         return out[:, :, 0], conv_state, ssm_state
-
-    def extra_repr(self) -> str:
-        return (f"M={self.n_modalities}, d_model={self.d_model}, d_inner={self.d_inner}, "
-                f"d_state={self.d_state}, dt_rank={self.dt_rank}, d_conv={self.d_conv}, "
-                f"coupling={self.coupling!r}, masked={self.coupling_mask is not None}")
 
 
 class CoupledMambaEncoder(nn.Module):

@@ -1,4 +1,4 @@
-"""Task head: per-modality pooling over valid steps, modality fusion, MLP (SPEC section 4).
+"""Task head: per-modality pooling over valid steps, modality fusion, MLP (docs/MATH.md, section 4).
 
 Shapes: M modalities, B batch, L length, d = d_model, O = number of outputs.
 

@@ -2,11 +2,11 @@
 
 Shapes: M modalities, B batch, L length, d / d_in / d_out feature widths.
 
-The coupled layer (SPEC section 4) gives every modality its own projections and norms. Holding
-the M copies in one (M, ...) parameter instead of a ModuleList of M modules turns M small matmuls
-into one batched matmul (``torch.bmm``) and keeps the modality axis first, which is the layout the
-coupled scan wants. Slice m of each parameter is exactly the parameter an ``nn.Linear`` /
-``nn.LayerNorm`` of modality m would hold, initialised with the same distribution.
+The coupled layer (docs/MATH.md, section 4) gives every modality its own projections and norms.
+Holding the M copies in one (M, ...) parameter instead of a ModuleList of M modules turns M small
+matmuls into one batched matmul (``torch.bmm``) and keeps the modality axis first, which is the
+layout the coupled scan wants. Slice m of each parameter is exactly the parameter an ``nn.Linear``
+/ ``nn.LayerNorm`` of modality m would hold, initialised with the same distribution.
 """
 
 from __future__ import annotations
@@ -24,11 +24,13 @@ class ModalityLinear(nn.Module):
     Parameters: weight (M, d_out, d_in), bias (M, d_out) or None.
     """
 
-    def __init__(self, n_modalities: int, d_in: int, d_out: int, bias: bool = True):
+    def __init__(self, n_modalities: int, d_in: int, d_out: int, bias: bool = True,
+                 device=None, dtype=None):
         super().__init__()
+        factory = {"device": device, "dtype": dtype}
         self.n_modalities, self.d_in, self.d_out = n_modalities, d_in, d_out
-        self.weight = nn.Parameter(torch.empty(n_modalities, d_out, d_in))
-        self.bias = nn.Parameter(torch.empty(n_modalities, d_out)) if bias else None
+        self.weight = nn.Parameter(torch.empty(n_modalities, d_out, d_in, **factory))
+        self.bias = nn.Parameter(torch.empty(n_modalities, d_out, **factory)) if bias else None
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -60,11 +62,12 @@ class ModalityLayerNorm(nn.Module):
     Parameters: weight (M, d) (ones), bias (M, d) (zeros).
     """
 
-    def __init__(self, n_modalities: int, d: int, eps: float = 1e-5):
+    def __init__(self, n_modalities: int, d: int, eps: float = 1e-5, device=None, dtype=None):
         super().__init__()
+        factory = {"device": device, "dtype": dtype}
         self.n_modalities, self.d, self.eps = n_modalities, d, eps
-        self.weight = nn.Parameter(torch.ones(n_modalities, d))
-        self.bias = nn.Parameter(torch.zeros(n_modalities, d))
+        self.weight = nn.Parameter(torch.ones(n_modalities, d, **factory))
+        self.bias = nn.Parameter(torch.zeros(n_modalities, d, **factory))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (M, ..., d) -> (M, ..., d)."""
@@ -102,7 +105,7 @@ class FeatureStandardize(nn.Module):
 
 
 class ModalityProjection(nn.Sequential):
-    """Input projection of one modality (SPEC section 4):
+    """Input projection of one modality (docs/MATH.md, section 4):
     Linear(d_m, hidden) -> LayerNorm -> ReLU -> Linear(hidden, d_model) -> LayerNorm.
 
     (B, L, d_m) -> (B, L, d_model). Feature widths differ between modalities, so each modality has

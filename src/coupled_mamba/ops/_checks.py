@@ -1,4 +1,4 @@
-"""Input validation for the coupled selective scan (SPEC section 2).
+"""Input validation for the coupled selective scan (docs/MATH.md, section 2).
 
 Shapes: M modalities, Bt batch, D channels (d_inner), N state size, L length.
 Errors name the argument, the shape received and the shape expected.

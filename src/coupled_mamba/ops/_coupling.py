@@ -1,4 +1,4 @@
-"""Coupling matrices W of the coupled selective scan (SPEC section 2).
+"""Coupling matrices W of the coupled selective scan (docs/MATH.md, section 2).
 
     h[t][m] = Abar[t][m] * sum_k W[m, k] h[t-1][k] + bbar[t][m]
 
@@ -26,7 +26,8 @@ class Coupling:
 
     kind:
         "diag": W = I, M independent chains.
-        "rank1": W = (w / M) 11^T; the mean state obeys one diagonal recurrence (SPEC section 2).
+        "rank1": W = (w / M) 11^T; the mean state obeys one diagonal recurrence
+            (docs/MATH.md, section 2.1).
         "general": any (M, M) matrix, scanned in its M x M form.
     weight:
         w for "rank1" (1 for "mean", M for "sum"); unused otherwise.

@@ -1,4 +1,4 @@
-"""Compiled CPU coupled selective scan (SPEC section 2): C++ forward and reverse-pass backward.
+"""Compiled CPU coupled selective scan (docs/MATH.md, section 2): C++ forward and reverse backward.
 
     h[t][m] = exp(dt A)[m] * sum_k W[m, k] h[t-1][k] + dt B u;   y = (C h + D u) * silu(z)
 

@@ -1,4 +1,4 @@
-"""Reference coupled selective scan: the executable form of SPEC section 2.
+"""Reference coupled selective scan: the executable form of docs/MATH.md section 2.
 
     dt      = softplus(delta + delta_bias)                  (bias, softplus optional)
     Abar    = exp(dt[m,b,d,t] * A[m,d,n])

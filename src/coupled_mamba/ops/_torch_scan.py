@@ -1,4 +1,4 @@
-"""Pure-PyTorch coupled selective scan (SPEC section 2): any device, backward by autograd.
+"""Pure-PyTorch coupled selective scan (docs/MATH.md, section 2): any device, backward by autograd.
 
 Shapes: M modalities, Bt batch, D channels, N state size, L length, T chunk length.
 
@@ -10,7 +10,7 @@ whole (M, Bt, D, N, L).
 - "none" (W = I): one diagonal scan of all M chains.
 - "mean"/"sum" (W = (w/M) 11^T): the mean state Hbar obeys Hbar[t] = w mean_m(Abar) Hbar[t-1]
   + mean_m(bbar); one diagonal scan of Hbar, then h[t][m] = Abar[t][m] w Hbar[t-1] + bbar[t][m]
-  pointwise (the paper's "expedite" form, SPEC section 2).
+  pointwise (the paper's "expedite" form, docs/MATH.md section 2).
 - general W: the stacked state h in R^M obeys h[t] = diag(Abar[t]) W h[t-1] + bbar[t], scanned as
   affine maps with M x M matrices.
 """

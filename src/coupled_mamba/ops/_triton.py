@@ -1,4 +1,4 @@
-"""Fused Triton coupled selective scan (SPEC section 2): launcher, autograd and availability.
+"""Fused Triton coupled selective scan (docs/MATH.md, section 2): launcher, autograd, availability.
 
     h[t][m] = exp(dt A)[m] * sum_k W[m, k] h[t-1][k] + dt B u;   y = (C h + D u) * silu(z)
 

@@ -1,4 +1,4 @@
-"""Triton kernels of the coupled selective scan (SPEC section 2), forward and reverse-pass backward.
+"""Triton kernels of the coupled selective scan (docs/MATH.md, section 2): forward, backward.
 
     dt      = softplus(delta + delta_bias)          Abar = exp(dt A),   bbar = dt B u
     h[t][m] = Abar[t][m] * sum_k W[m, k] h[t-1][k] + bbar[t][m]
@@ -18,8 +18,8 @@ u, delta, A, B; y, the D skip and the silu(z) gate are fused into the same pass.
 
 Coupling kinds (KIND, a constexpr): 0 = "none" (W = I, nothing to do), 1 = rank one
 (W = (w / M) 11^T: the coupled state is w times the mean state, one sum over the modality axis;
-this is SPEC's single mean-state recurrence, computed in registers), 2 = a general (M, M) W
-(a small matrix product over the modality axis).
+this is the single mean-state recurrence of docs/MATH.md section 2.1, computed in registers),
+2 = a general (M, M) W (a small matrix product over the modality axis).
 
 Backward (see docs/triton_kernel.md): the forward stores the state every CHUNK steps
 (ckpt, (L / CHUNK, M, Bt, D, N)). The backward walks the chunks in reverse. For each chunk it
@@ -336,7 +336,7 @@ def _bwd_kernel(
 # Both reduce to diagonal chains x[t] = a[t] x[t-1] + c[t] per (b, d, n):
 #   rank one: one chain per program, the mean state Hbar over its M modalities, with
 #             a = (w / M) sum_m Abar_m, c = (1 / M) sum_m bbar_m, and every modality's state is
-#             pointwise, h_m[t] = w Abar_m[t] Hbar[t-1] + bbar_m[t] (SPEC section 2);
+#             pointwise, h_m[t] = w Abar_m[t] Hbar[t-1] + bbar_m[t] (docs/MATH.md, section 2);
 #   "none":   one program per modality (grid axis 2), its own chain, a = Abar, c = bbar, w = 1.
 # NM (the modalities of one program) is M or 1; the formulas below hold for both with the chain
 # x = (1 / NM) sum_m h_m.

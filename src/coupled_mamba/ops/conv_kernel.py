@@ -1,4 +1,4 @@
-"""Global convolution kernel of the time-invariant coupled SSM (SPEC section 3).
+"""Global convolution kernel of the time-invariant coupled SSM (docs/MATH.md, section 3).
 
 Shapes: M modalities, Bt batch, D channels, N state size, L length.
 
@@ -75,7 +75,7 @@ def coupled_conv_kernel(
         return K
     if cp.kind == "rank1":
         # W = (w/M) 11^T gives T^j = (w/M) diag(Abar) 1 (w abar)^(j-1) 1^T for j >= 1, with
-        # abar = mean_m Abar (SPEC section 3): no matrix powers needed.
+        # abar = mean_m Abar (docs/MATH.md, section 3): no matrix powers needed.
         w = cp.weight
         abar = Abar.mean(0)  # (D, N)
         geo = (w * abar[..., None]) ** (j[1:] - 1)  # (D, N, L-1)

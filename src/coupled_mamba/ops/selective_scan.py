@@ -1,4 +1,4 @@
-"""The coupled selective scan (SPEC section 2) and the one place that picks its implementation.
+"""The coupled selective scan (docs/MATH.md, section 2) and the one place that picks its backend.
 
 Shapes: M modalities, Bt batch, D channels (d_inner), N state size, L length.
 
@@ -70,46 +70,75 @@ def _triton_backend():
     return (_triton.coupled_selective_scan_triton, None) if ok else (None, reason)
 
 
-def _resolve_impl(impl: str, device: torch.device):
+def _pick(impl: str, device: torch.device):
+    """The one decision of which implementation runs: (name, function, why "auto" fell back).
+
+    The reason is None unless "auto" had to take the pure-PyTorch path for want of a kernel.
+    """
     if impl not in IMPLS:
         raise ValueError(f"impl: unknown implementation {impl!r}; expected one of {IMPLS}")
     if impl == "ref":
-        return coupled_selective_scan_ref
+        return "ref", coupled_selective_scan_ref, None
     if impl == "torch":
-        return coupled_selective_scan_torch
+        return "torch", coupled_selective_scan_torch, None
     if impl == "cpu":
         if device.type != "cpu":
             raise ValueError(f"impl='cpu' needs CPU tensors, got tensors on {device}")
         fn, reason = _cpu_backend()
         if fn is None:
             raise RuntimeError(f"impl='cpu' is unavailable: {reason}")
-        return fn
+        return "cpu", fn, None
     if impl == "triton":
         fn, reason = _triton_backend()
         if fn is None:
             raise RuntimeError(f"impl='triton' is unavailable: {reason}")
-        return fn
+        return "triton", fn, None
     # auto
     if device.type == "cpu":
         fn, reason = _cpu_backend()
         if fn is not None:
-            return fn
-        _warn_once(
-            "cpu",
-            f"coupled_selective_scan: compiled CPU kernel unavailable ({reason}); "
-            "falling back to the slower pure-PyTorch path.",
-        )
-        return coupled_selective_scan_torch
+            return "cpu", fn, None
+        return "torch", coupled_selective_scan_torch, (
+            f"compiled CPU kernel unavailable ({reason}); falling back to the slower "
+            "pure-PyTorch path.")
     if device.type == "cuda":
         fn, reason = _triton_backend()
         if fn is not None:
-            return fn
-        _warn_once(
-            "cuda",
-            f"coupled_selective_scan: no fused GPU kernel ({reason}); using the pure-PyTorch "
-            "path, which materialises per-chunk (M, B, D, N, T) tensors.",
-        )
-    return coupled_selective_scan_torch
+            return "triton", fn, None
+        return "torch", coupled_selective_scan_torch, (
+            f"no fused GPU kernel ({reason}); using the pure-PyTorch path, which materialises "
+            "per-chunk (M, B, D, N, T) tensors.")
+    return "torch", coupled_selective_scan_torch, None
+
+
+def _resolve_impl(impl: str, device: torch.device):
+    name, fn, fallback = _pick(impl, device)
+    if fallback is not None:
+        _warn_once(device.type, f"coupled_selective_scan: {fallback}")
+    return fn
+
+
+def scan_backend(tensor_or_device: torch.Tensor | torch.device | str, impl: str = "auto") -> str:
+    """Which implementation :func:`coupled_selective_scan` runs for inputs on this device.
+
+    Args:
+        tensor_or_device: an input tensor (u, say) or its device.
+        impl: the ``impl`` argument the call would get ("auto" by default).
+
+    Returns:
+        "ref", "torch", "cpu" (the compiled kernel) or "triton". The answer comes from the same
+        decision the call makes; asking may build the CPU kernel (a one-off compile) to find out
+        whether it loads. For the reason "auto" fell back to "torch", see the warning the first
+        such call emits, or ``coupled_mamba.ops._cpu.is_available()``.
+
+    Raises:
+        ValueError / RuntimeError: as the call would for an unknown or unavailable ``impl``.
+    """
+    if isinstance(tensor_or_device, torch.Tensor):
+        device = tensor_or_device.device
+    else:
+        device = torch.device(tensor_or_device)
+    return _pick(impl, device)[0]
 
 
 def coupled_selective_scan(
@@ -127,7 +156,7 @@ def coupled_selective_scan(
     return_last_state: bool = False,
     impl: str = "auto",
 ):
-    """Coupled selective scan of M modality chains (SPEC section 2).
+    """Coupled selective scan of M modality chains (docs/MATH.md, section 2).
 
     h[t][m] = exp(dt A)[m] * sum_k W[m, k] h[t-1][k] + dt B u;  y = C h + D u, gated by silu(z).
 

@@ -301,7 +301,27 @@ def _one_line_warnings(prog: str):
     return show
 
 
+# The extra that provides each optional module the commands import, for the one-line error a
+# core-only install gets instead of a traceback.
+EXTRA_OF_MODULE = {"yaml": "cli", "tqdm": "cli", "sklearn": "cli", "h5py": "cli",
+                   "matplotlib": "bench", "scipy": "bench", "optuna": "tune"}
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run the command line; returns the exit status (2 for bad input, 1 for a missing extra)."""
+    try:
+        return _main(argv)
+    except ModuleNotFoundError as exc:
+        module = (exc.name or "").split(".")[0]
+        extra = EXTRA_OF_MODULE.get(module)
+        if extra is None:
+            raise
+        print(f"coupled-mamba: error: this needs the [{extra}] extra (no module named "
+              f"{module!r}): pip install 'coupled-mamba[{extra}]'", file=sys.stderr)
+        return 1
+
+
+def _main(argv: list[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -54,9 +54,9 @@ class DataConfig:
 
 @dataclass
 class TrainConfig:
-    """The optimisation recipe. Field defaults are the paper's (SPEC section 4) and MMSA's; with
-    ``recipe: auto`` the keys of ``coupled_mamba.train.defaults`` that no config, flag or --set
-    gives are chosen from the data instead."""
+    """The optimisation recipe. Field defaults are the paper's (docs/MATH.md, section 4) and
+    MMSA's; with ``recipe: auto`` the keys of ``coupled_mamba.train.defaults`` that no config,
+    flag or --set gives are chosen from the data instead."""
 
     # auto: data-dependent defaults (train/defaults.py) for keys not set; fixed: field defaults
     recipe: str = "auto"

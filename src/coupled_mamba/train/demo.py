@@ -35,7 +35,7 @@ DEMO_CONFIG: dict = {
 }
 # Benchmark size: make_synthetic(n_train, n_valid, n_test, seq_len, seed). With 3000 training
 # samples (or L = 20) both models overfit before the coupled one finds the timing rule for most
-# seeds; with 6000 it finds it within 8 epochs for 3 of the seeds 1111-1115 (docs/TRAINING.md).
+# seeds; with 6000 it finds it within 8 epochs for most of the seeds 1111-1115 (docs/TRAINING.md).
 DEMO_DATA = {"n_train": 6000, "n_valid": 500, "n_test": 1000, "seq_len": 24, "seed": 0}
 DEMO_MODELS = ("coupled_mamba", "mamba_fusion")
 TABLE_METRICS = ("Non0_acc_2", "Non0_F1_score", "Has0_acc_2", "Mult_acc_7", "MAE", "Corr")

@@ -1,4 +1,4 @@
-"""The training loop: the paper's recipe (SPEC section 4) with MMSA's model selection.
+"""The training loop: the paper's recipe (docs/MATH.md, section 4) with MMSA's model selection.
 
 One epoch = one pass over the training split in DistributedSampler order (also in a single
 process, so a run and its ``torchrun`` twin see the same global batches), then an evaluation of

@@ -1,4 +1,4 @@
-// Shared, torch-free declarations of the compiled coupled selective scan (SPEC section 2).
+// Shared, torch-free declarations of the compiled coupled selective scan (docs/MATH.md, section 2).
 //
 // Shapes: M modalities, Bt batch, D channels, N state size (Np: N padded to the vector width),
 // L length, T chunk length. The host (scan_host.cpp) prepares contiguous buffers and calls one of

@@ -1,5 +1,5 @@
-// Host side of the compiled coupled selective scan (SPEC section 2): input layout, work split,
-// instruction-set selection, and the torch operators coupled_mamba_scan::{fwd, bwd, isa}.
+// Host side of the compiled coupled selective scan (docs/MATH.md, section 2): input layout, work
+// split, instruction-set selection, and the torch operators coupled_mamba_scan::{fwd, bwd, isa}.
 //
 // Shapes: M modalities, Bt batch, D channels, N state (Np padded to the vector width), L length.
 // The kernels themselves live in scan_kernel_impl.h, compiled once per instruction set.

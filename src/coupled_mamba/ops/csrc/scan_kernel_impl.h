@@ -1,4 +1,4 @@
-// Coupled selective scan kernels, forward and reverse-pass backward (SPEC section 2).
+// Coupled selective scan kernels, forward and reverse-pass backward (docs/MATH.md, section 2).
 //
 //   dt      = softplus(delta + bias)                      (each optional)
 //   Abar    = exp(dt A),  bbar = dt B u                   per (m, b, d, n, t)
@@ -14,8 +14,9 @@
 //   A task owns batch rows x a channel range; inside it the loop order is b -> chunk -> d, so the
 //   chunk of B, C (and of dB, dC in the backward) stays in cache while all channels pass over it.
 // - Couplings: rank one ("mean", "sum") carries only S[t] = sum_m h[t][m] (the single recurrence
-//   of SPEC section 2: every h[t][m] = Abar (w/M) S[t-1] + bbar is pointwise); "none" is the same
-//   code with one modality at a time; a general W carries the M states and does the M x M mix.
+//   of docs/MATH.md section 2.1: every h[t][m] = Abar (w/M) S[t-1] + bbar is pointwise); "none"
+//   is the same code with one modality at a time; a general W carries the M states and does the
+//   M x M mix.
 // - The forward writes the state at each chunk start ("saved", 1/T of the states) when a backward
 //   will follow. The backward walks chunks in reverse: recompute the chunk's states from the saved
 //   one into a small buffer (T x M x Np, with Abar), then run the reverse recurrence over it.
@@ -863,7 +864,7 @@ static inline void fwd_steps_one_vector(Rows<T>* rw, const T* Ap, const T* q0, i
 
 // Forward of the rank-one and diagonal couplings, MG modalities [m0, m0 + MG) in one loop.
 //   COUPLED (rank one): carries S = sum_m h[m]; h[t][m] = Abar[t][m] G + bbar[t][m] with
-//     G = (w / MG) S[t-1] (the single recurrence of SPEC section 2).
+//     G = (w / MG) S[t-1] (the single recurrence of docs/MATH.md section 2).
 //   !COUPLED ("none"): carries each h[m] (packed [n-vector][modality][lane]); G = h[t-1][m].
 // The modality loop is innermost, so the states and the y accumulators stay in registers.
 template <typename T, int MG, bool COUPLED>
