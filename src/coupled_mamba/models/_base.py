@@ -71,8 +71,9 @@ class MultimodalModel(nn.Module):
 
     def project(self, xs: list[torch.Tensor]) -> list[torch.Tensor]:
         """Standardise and project M raw inputs (B, [L,] d_m) to (B, [L,] d_model)."""
-        return [proj(norm(x)) for norm, proj, x in
-                zip(self.input_norms, self.projections, xs, strict=True)]
+        noise = self.config.input_noise if self.training else 0.0
+        return [proj(norm(x) + noise * torch.randn_like(x) if noise else norm(x))
+                for norm, proj, x in zip(self.input_norms, self.projections, xs, strict=True)]
 
     def set_input_statistics(self, means, stds) -> None:
         """Per-feature mean and std of each modality's training inputs: M arrays (d_m,) each

@@ -82,6 +82,9 @@ class CoupledMambaConfig:
     fusion: str = "softmax"  # "softmax" (learned weights) | "mean" (plain average) | "concat"
     head_hidden: int = 64  # Linear(d, 64) -> ReLU -> Dropout -> Linear(64, O)
     dropout: float = 0.1
+    # Std of Gaussian noise added to the standardised inputs in training mode only: fresh noise
+    # every batch, so the model cannot memorise a sample by its noise.
+    input_noise: float = 0.0
 
     # --- cross-attention baseline --------------------------------------------------------------
     n_heads: int = 4  # H, d_model must be divisible by it
@@ -145,6 +148,9 @@ class CoupledMambaConfig:
                                  f"{POOLINGS}")
         if self.fusion not in FUSIONS:
             raise UserInputError(f"fusion: unknown mode {self.fusion!r}; expected one of {FUSIONS}")
+        if (not isinstance(self.input_noise, (int, float)) or isinstance(self.input_noise, bool)
+                or not self.input_noise >= 0.0):
+            raise UserInputError(f"input_noise: expected a std >= 0, got {self.input_noise!r}")
         if not isinstance(self.dropout, (int, float)) or not 0.0 <= self.dropout < 1.0:
             raise UserInputError(f"dropout: expected a probability in [0, 1), got {self.dropout!r}")
         if self.scan_impl not in IMPLS:
