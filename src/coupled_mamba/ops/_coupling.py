@@ -16,6 +16,9 @@ from typing import Literal
 import torch
 
 CouplingArg = str | float | int | torch.Tensor
+# The kinds as the compiled kernels number them (the C++ enum Mode in csrc/scan_common.h and the
+# Triton kernels' KIND constant).
+KIND_IDS = {"diag": 0, "rank1": 1, "general": 2}
 
 _warned_sum = False
 

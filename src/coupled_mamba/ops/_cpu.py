@@ -15,6 +15,7 @@ x86-64 (and on other architectures with the portable 16-byte-vector unit). Set
 
 from __future__ import annotations
 
+import hashlib
 import os
 import sys
 import threading
@@ -25,10 +26,10 @@ from pathlib import Path
 import torch
 
 from ._checks import to_compute_dtype
-from ._coupling import resolve_coupling
+from ._coupling import KIND_IDS, resolve_coupling
 
+_CSRC = Path(__file__).with_name("csrc")
 _SOURCES = ("scan_host.cpp", "scan_isa_base.cpp", "scan_isa_avx2.cpp", "scan_isa_avx512.cpp")
-_HEADERS = ("scan_common.h", "scan_kernel_impl.h")
 # -ffp-contract=fast lets the compiler fuse a*b+c into FMA (the kernels are written for it);
 # no -ffast-math: the exp/log code relies on IEEE rounding and NaN/inf propagation.
 _CFLAGS = ["-O3", "-ffp-contract=fast", "-fno-math-errno"]
@@ -37,7 +38,6 @@ _CFLAGS = ["-O3", "-ffp-contract=fast", "-fno-math-errno"]
 # already-loaded copy for our DT_NEEDED entry, so torch.set_num_threads governs both.
 _OPENMP_FLAGS = (["-fopenmp"] if sys.platform.startswith("linux")
                  and torch.backends.openmp.is_available() else [])
-_MODES = {"diag": 0, "rank1": 1, "general": 2}
 
 _lock = threading.Lock()
 _state: dict = {}
@@ -50,7 +50,12 @@ def _extension_name() -> str:
     # The torch version is part of the name: a build against another torch's headers must not be
     # reused from a shared cache (cpp_extension only hashes the sources and flags).
     ver = "".join(ch if ch.isalnum() else "_" for ch in torch.__version__)
-    return f"coupled_mamba_scan_cpu_{ver}"
+    # cpp_extension rebuilds when a listed source changes but not when only a header does: the
+    # headers' digest in the name makes an edited header a new build, not a stale cached one.
+    digest = hashlib.sha256()
+    for header in sorted(_CSRC.glob("*.h")):
+        digest.update(header.read_bytes())
+    return f"coupled_mamba_scan_cpu_{ver}_{digest.hexdigest()[:10]}"
 
 
 def clear_stale_build_lock(name: str) -> bool:
@@ -77,13 +82,12 @@ def _build(name: str, openmp_flags: list[str]) -> None:
 
     clear_stale_build_lock(name)
 
-    csrc = Path(__file__).with_name("csrc")
     load(
         name=name,
-        sources=[str(csrc / s) for s in _SOURCES],
+        sources=[str(_CSRC / s) for s in _SOURCES],
         extra_cflags=_CFLAGS + openmp_flags,
         extra_ldflags=list(openmp_flags),  # a copy: load() appends its -L/-l flags in place
-        extra_include_paths=[str(csrc)],
+        extra_include_paths=[str(_CSRC)],
         is_python_module=False,
         verbose=os.environ.get("COUPLED_MAMBA_VERBOSE_BUILD", "") == "1",
     )
@@ -227,7 +231,7 @@ def scan_compute_dtype(u, delta, A, B, C, D, z, delta_bias, delta_softplus, coup
         W = cp.matrix.to(device=u.device, dtype=u.dtype)
         # An (M, M) tensor that happens to be diagonal or 11^T / M could take the cheaper
         # kernels, but its gradient must still reach every entry: keep the general form.
-    mode = _MODES[cp.kind]
+    mode = KIND_IDS[cp.kind]
     args = (u, delta, A, B, C, D, z, delta_bias, initial_state, W)
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in args):
         y, last = _CoupledScanFn.apply(*args, mode, float(cp.weight), bool(delta_softplus))

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ._coupling import resolve_coupling
+from ._coupling import KIND_IDS, resolve_coupling
 
 # Defaults (see docs/triton_kernel.md): a state checkpoint every CHUNK steps; the backward keeps
 # SUB_CHUNK states in registers (8 doubles its compile time for no fewer registers); a program's
@@ -106,7 +106,7 @@ def _pow2(n: int) -> int:
 class _Config:
     """Everything the kernels specialise on, besides the tensors."""
 
-    kind: int  # 0 none, 1 rank one, 2 general
+    kind: int  # KIND_IDS of the resolved coupling
     weight: float  # w of a rank-one coupling
     softplus: bool
     grad: bool  # grad mode on at the call (see _grad_wanted)
@@ -524,7 +524,7 @@ def coupled_selective_scan_triton(
         )
     ct = torch.float64 if u.dtype == torch.float64 else torch.float32
     W = None
-    kind = {"diag": 0, "rank1": 1, "general": 2}[cp.kind]
+    kind = KIND_IDS[cp.kind]
     if kind == 2:
         W = cp.matrix.to(device=u.device, dtype=ct).contiguous()
     cfg = _Config(

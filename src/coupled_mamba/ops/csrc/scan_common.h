@@ -12,6 +12,7 @@
 
 namespace coupled_scan {
 
+// The same numbers as KIND_IDS in _coupling.py, which the Python side passes as "mode".
 enum Mode : int { kDiag = 0, kRank1 = 1, kGeneral = 2 };
 
 // Everything a kernel needs, as raw pointers (element type: float or double, by table entry).
