@@ -9,13 +9,13 @@ import warnings
 import matplotlib.image as mpimg
 import pytest
 
+from coupled_mamba.bench.ablation_report import welch_p
 from coupled_mamba.bench.ablations import (
     Setting,
     coupling_settings,
     missing_settings,
     neighbourhood_masks,
     setting_config,
-    welch_p,
 )
 from coupled_mamba.bench.plotting import DPI, PANEL_SIZE
 from coupled_mamba.train.cli import main

@@ -4,7 +4,8 @@
   uncoupled Mamba fusion and cross-attention (SDPA and materialised weights), paper Figs. 3-4.
 - :mod:`.ablations`: benchmarks that train (with the project's trainer, K seeds, mean ± std):
   fusion ablation, coupling ablations (alpha, mean/sum/learned, neighbourhood, layers,
-  d_state, dt_rank) and metrics against the missing-modality rate.
+  d_state, dt_rank) and metrics against the missing-modality rate; :mod:`.ablation_report`
+  writes their tables, significance tests and files.
 - :mod:`.memory`: how peak memory is measured (fresh child process + peak RSS on CPU, the
   allocator's counters on CUDA).
 - :mod:`.plotting`: PNG figures from result rows (matplotlib, Agg).

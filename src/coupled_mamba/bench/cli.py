@@ -197,13 +197,8 @@ def _run_training_bench(args: argparse.Namespace, name: str, make_settings, desc
 
     import torch
 
-    from .ablations import (
-        SYNTHETIC,
-        load_benchmark_data,
-        run_settings,
-        synthetic_spec,
-        write_ablation,
-    )
+    from .ablation_report import write_ablation
+    from .ablations import SYNTHETIC, load_benchmark_data, run_settings, synthetic_spec
     from .environment import environment_info
 
     torch.set_num_threads(args.threads)

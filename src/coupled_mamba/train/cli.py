@@ -228,7 +228,7 @@ def _add_convert(p: argparse.ArgumentParser) -> None:
 def _run_convert(args: argparse.Namespace) -> int:
     from coupled_mamba.data import mmsa_to_npz
 
-    from .run import check_out_folder
+    from .run_dir import check_out_folder
 
     if not os.path.isfile(args.mmsa):
         raise FileNotFoundError(f"MMSA pickle not found: {args.mmsa}")

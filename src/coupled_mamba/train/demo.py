@@ -90,7 +90,8 @@ def run_demo(args: argparse.Namespace) -> int:
 
     from .config import ExperimentConfig
     from .data_prep import prepare_loaded
-    from .run import check_out_folder, train_run
+    from .run import train_run
+    from .run_dir import check_out_folder
 
     if args.out:
         check_out_folder(Path(args.out))

@@ -38,7 +38,8 @@ from .config import ExperimentConfig
 from .data_prep import PreparedData, prepare_data
 from .defaults import apply_data_defaults
 from .distributed import launched_distributed
-from .run import config_changes, resolve_model_section, train_run
+from .run import resolve_model_section, train_run
+from .run_dir import config_changes
 from .trainer import check_selection, loss_function, selection_key
 from .tune_report import plot_study, summary_table, trial_rows, write_trials_csv
 from .tune_space import Param
