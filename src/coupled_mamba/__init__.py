@@ -16,7 +16,7 @@ from .models import (
     list_models,
 )
 from .modules import CoupledMambaEncoder, CoupledMambaLayer, CoupledMambaMixer
-from .ops import coupled_conv, coupled_conv_kernel, coupled_selective_scan, scan_backend
+from .ops import coupled_selective_scan, scan_backend
 
 __version__ = "0.1.0"
 
@@ -27,8 +27,6 @@ __all__ = [
     "CoupledMambaMixer",
     "CoupledMambaModel",
     "__version__",
-    "coupled_conv",
-    "coupled_conv_kernel",
     "coupled_selective_scan",
     "create_model",
     "from_pretrained",

@@ -29,7 +29,8 @@ WEIGHTS_NAME = "model.safetensors"
 
 class MultimodalModel(nn.Module):
     """Base class: per-modality input projections, an encoder (set by the subclass as
-    ``self.encoder``, mapping M (B, L, d) to M (B, L, d)) and a :class:`PoolFuseHead`.
+    ``self.encoder``, whose ``forward_valid(xs, valid)`` maps M (B, L, d) to M (B, L, d)) and a
+    :class:`PoolFuseHead`.
 
     Call: ``model(inputs, mask=None, present=None) -> (B, O)``
         inputs: list/tuple of M tensors (B, L, d_m) or a dict keyed by modality name;
@@ -61,13 +62,17 @@ class MultimodalModel(nn.Module):
 
     # --- forward -------------------------------------------------------------------------------
     def _prepare(self, inputs, mask, present):
-        """Validate and project. Returns (projected M x (B, L, d), masks, present, valid)."""
+        """Validate (the model's one check of its inputs) and project.
+
+        Returns (projected M x (B, L, d), valid (M, B, L) bool or None); the encoder's
+        ``forward_valid`` takes both without checking them again.
+        """
         cfg = self.config
-        xs, masks, present, valid = prepare_inputs(  # valid: (M, B, L) or None
+        xs, _, _, valid = prepare_inputs(  # valid: (M, B, L) or None
             inputs, mask, present, cfg.modality_names, cfg.input_dims, dtype=self.weight_dtype)
         if valid is not None:
             xs = [torch.where(valid[m][..., None], x, 0.0) for m, x in enumerate(xs)]
-        return self.project(xs), masks, present, valid
+        return self.project(xs), valid
 
     def project(self, xs: list[torch.Tensor]) -> list[torch.Tensor]:
         """Standardise and project M raw inputs (B, [L,] d_m) to (B, [L,] d_model)."""
@@ -96,13 +101,13 @@ class MultimodalModel(nn.Module):
 
     def encode(self, inputs, mask=None, present=None) -> list[torch.Tensor]:
         """The encoder outputs: a list of M tensors (B, L, d_model)."""
-        projected, masks, present, _ = self._prepare(inputs, mask, present)
-        return self.encoder(projected, masks, present)
+        projected, valid = self._prepare(inputs, mask, present)
+        return self.encoder.forward_valid(projected, valid)
 
     def forward(self, inputs, mask=None, present=None) -> torch.Tensor:
         """See the class docstring. Returns (B, num_outputs)."""
-        projected, masks, present, valid = self._prepare(inputs, mask, present)
-        return self.head(self.encoder(projected, masks, present), valid)
+        projected, valid = self._prepare(inputs, mask, present)
+        return self.head(self.encoder.forward_valid(projected, valid), valid)
 
     # --- introspection -------------------------------------------------------------------------
     def num_parameters(self, trainable_only: bool = False) -> int:

@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass
 
 from ..errors import UserInputError
-from ..modules.coupled_mamba import check_coupling, check_coupling_mask
+from ..modules.coupling import check_coupling, check_coupling_mask
 from ..modules.heads import FUSIONS, POOLINGS
 from ..ops import IMPLS
 

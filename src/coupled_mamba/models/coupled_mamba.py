@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 
 from ..modules._inputs import prepare_inputs
-from ..modules.coupled_mamba import CoupledMambaCache, CoupledMambaEncoder
+from ..modules.coupled_encoder import CoupledMambaCache, CoupledMambaEncoder
 from ..modules.heads import StreamingPool
 from ._base import MultimodalModel
 from ._registry import register_model
@@ -105,13 +105,13 @@ class CoupledMambaModel(MultimodalModel):
             (B, num_outputs): what ``model(inputs[:, :t+1], mask[:, :t+1], present)`` returns.
         """
         cfg = self.config
-        xs, masks, present, valid = prepare_inputs(  # valid: (M, B) or None
+        xs, _, _, valid = prepare_inputs(  # valid: (M, B) or None
             inputs, mask, present, cfg.modality_names, cfg.input_dims,
             batch=state.encoder.batch_size, step=True, dtype=self.weight_dtype)
         if valid is not None:
             xs = [torch.where(valid[m][:, None], x, 0.0) for m, x in enumerate(xs)]
         projected = self.project(xs)
-        outs = self.encoder.step(projected, state.encoder, masks, present)
+        outs = self.encoder.step_valid(projected, state.encoder, valid)
         state.pool.update(torch.stack(outs), valid)
         pooled, available = state.pool.result()
         return self.head.from_pooled(pooled, available.T)

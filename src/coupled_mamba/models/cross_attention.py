@@ -13,7 +13,7 @@ softmax(QK^T) weights (what older fusion models do; the efficiency benchmark com
 
 from __future__ import annotations
 
-from ..modules.cross_attention import CrossModalEncoder
+from ..modules.cross_modal import CrossModalEncoder
 from ._base import MultimodalModel
 from ._registry import register_model
 from .config import CoupledMambaConfig

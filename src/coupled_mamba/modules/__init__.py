@@ -6,16 +6,10 @@ the paper.
 """
 
 from ._inputs import lengths_to_mask
-from .coupled_mamba import (
-    COUPLING_MODES,
-    CoupledMambaCache,
-    CoupledMambaEncoder,
-    CoupledMambaLayer,
-    CoupledMambaMixer,
-    check_coupling,
-    check_coupling_mask,
-)
-from .cross_attention import CrossModalBlock, CrossModalEncoder, MultiheadCrossAttention
+from .coupled_encoder import CoupledMambaCache, CoupledMambaEncoder
+from .coupled_layer import CoupledMambaLayer, CoupledMambaMixer
+from .coupling import COUPLING_MODES, check_coupling, check_coupling_mask
+from .cross_modal import CrossModalBlock, CrossModalEncoder, MultiheadCrossAttention
 from .heads import (
     FUSIONS,
     POOLINGS,

@@ -51,6 +51,13 @@ class ModalityLinear(nn.Module):
             out = torch.bmm(flat, self.weight.transpose(1, 2))
         return out.reshape(*x.shape[:-1], self.d_out)
 
+    def columns(self, x: torch.Tensor, add_bias: bool = True) -> torch.Tensor:
+        """x: (M, d_in, P) column vectors -> (M, d_out, P): the projection in the channels-first
+        layout, one GEMM per modality whatever the strides of x (a transposed view is free)."""
+        if self.bias is not None and add_bias:
+            return torch.baddbmm(self.bias[:, :, None], self.weight, x)
+        return torch.bmm(self.weight, x)
+
     def extra_repr(self) -> str:
         return f"M={self.n_modalities}, d_in={self.d_in}, d_out={self.d_out}, " \
                f"bias={self.bias is not None}"

@@ -160,9 +160,15 @@ class CrossModalEncoder(nn.Module):
     def forward(self, inputs, mask=None, present=None) -> list[torch.Tensor]:
         """inputs: M tensors (B, L, d) (list or dict); mask, present as in the Mamba encoder.
         Returns a list of M tensors (B, L, d)."""
-        M = self.n_modalities
         xs, _, _, valid = prepare_inputs(  # valid: (M, B, L) or None
-            inputs, mask, present, self.modality_names, [self.d_model] * M)
+            inputs, mask, present, self.modality_names, [self.d_model] * self.n_modalities)
+        return self.forward_valid(xs, valid)
+
+    def forward_valid(self, xs: list[torch.Tensor], valid: torch.Tensor | None
+                      ) -> list[torch.Tensor]:
+        """:meth:`forward` on inputs the caller has validated: M tensors (B, L, d) and the used
+        steps ``valid`` (M, B, L) bool or None. The models call this after their own checks."""
+        M = self.n_modalities
         pe = sinusoidal_positions(xs[0].shape[1], self.d_model, device=xs[0].device,
                                   dtype=xs[0].dtype)
         if valid is not None:

@@ -1,14 +1,14 @@
-"""Coupled Mamba mixer, layer and encoder (docs/MATH.md, section 4; the paper's Fig. 2, Eq. 5-8).
+"""Coupled Mamba mixer and layer (docs/MATH.md, section 4; the paper's Fig. 2, Eq. 5-8).
 
 Shapes: M modalities, B batch, L length, d = d_model, E = d_inner = expand * d_model (the scan's D
 channels), N = d_state, R = dt_rank, K = d_conv.
 
 The mixer holds one Mamba mixer per modality (each with its own parameters) and runs ONE coupled
 selective scan (docs/MATH.md, section 2) across all modalities; the layer adds a per-modality
-pre-norm and the residual, and the encoder stacks layers:
+pre-norm and the residual (the encoder, ``coupled_encoder.py``, stacks layers):
 
     h_m      = LayerNorm_m(x_m)                                  layer only: pre-norm, (B, L, d)
-    u_m, z_m = in_proj_m(h_m)                                    (B, L, E) each
+    u_m, z_m = in_proj_m(h_m)                                    (B, E, L) each
     u_m      = SiLU(causal_depthwise_conv1d_m(u_m))              kernel K, left zero padding
     dt_m, B_m, C_m = x_proj_m(u_m)                               widths R, N, N
     delta_m  = dt_proj_m.weight @ dt_m                           (bias goes to the scan)
@@ -24,6 +24,14 @@ modalities meet inside the encoder. W is "none" (identity: M independent Mamba c
 Row-stochastic W keeps the transition contractive: sum_k W[m, k] Abar <= max Abar < 1.
 An optional 0/1 neighbourhood mask restricts which modalities couple (see ARCHITECTURE.md).
 
+Layout: the residual stream is (M, B, L, d); from in_proj to out_proj everything is
+channels-first, (M, B, E, L), the scan's layout (mamba-ssm keeps (B, D, L) the same way). The
+projections are one GEMM per modality over all B*L steps, so their results come out as
+(M, X, B, L) in memory and are used as (M, B, X, L) views; the copies left have a reason each:
+u once before the conv (its rows (m, b, e) must be one dimension), u again for x_proj (the GEMM
+reads (M, E, B*L)), and y once for out_proj (back to the time-major residual stream). The scan
+takes the views of z, delta, B and C as they are.
+
 Initialisation follows mamba_ssm's ``Mamba`` block: A = -(1..N) per channel (S4D-real, via A_log),
 dt bias = softplus^-1(dt) with dt log-uniform in [dt_min, dt_max] (floored at dt_init_floor),
 dt_proj weight U(-s, s) with s = dt_scale / sqrt(R), D = 1, nn.Linear/Conv1d defaults elsewhere,
@@ -35,96 +43,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import UserInputError
 from ..ops import IMPLS, coupled_selective_scan
 from ..ops._coupling import resolve_coupling
-from ._inputs import as_modality_list, check_sequences, prepare_inputs
+from ._inputs import as_modality_list, check_sequences
+from .coupling import check_coupling, check_coupling_mask, masked_coupling_matrix
 from .layers import ModalityLayerNorm, ModalityLinear
-
-COUPLING_MODES = ("none", "mean", "sum", "learned")
-
-
-def check_coupling(coupling, arg: str = "coupling") -> str | float:
-    """Validate a model-level coupling: one of COUPLING_MODES or a float alpha in [0, 1]."""
-    if isinstance(coupling, str):
-        if coupling not in COUPLING_MODES:
-            raise UserInputError(
-                f"{arg}: unknown mode {coupling!r}; expected one of {COUPLING_MODES} "
-                "or a float alpha in [0, 1]"
-            )
-        return coupling
-    if isinstance(coupling, (int, float)) and not isinstance(coupling, bool):
-        alpha = float(coupling)
-        if not 0.0 <= alpha <= 1.0:
-            raise UserInputError(f"{arg}: alpha must lie in [0, 1], got {alpha}")
-        return alpha
-    raise UserInputError(
-        f"{arg}: expected one of {COUPLING_MODES} or a float in [0, 1], "
-        f"got {type(coupling).__name__}"
-    )
-
-
-def check_coupling_mask(mask, n_modalities: int, arg: str = "coupling_mask") -> list[list[int]]:
-    """Validate an (M, M) 0/1 neighbourhood mask with ones on the diagonal; return it as lists.
-
-    mask[m][k] = 1 lets modality m read the state of modality k. The diagonal must be 1: a chain
-    always carries its own state (otherwise a row could be empty and W undefined).
-    """
-    M = n_modalities
-    if isinstance(mask, torch.Tensor):
-        mask = mask.tolist()
-    try:
-        rows = [list(r) for r in mask]
-    except TypeError:
-        raise UserInputError(f"{arg}: expected an (M, M) = ({M}, {M}) nested list of 0/1") from None
-    if len(rows) != M or any(len(r) != M for r in rows):
-        shape = (len(rows), *sorted({len(r) for r in rows}))
-        raise UserInputError(f"{arg}: got shape {shape}, expected (M, M) = ({M}, {M})")
-    out = []
-    for m, r in enumerate(rows):
-        if any(v not in (0, 1) for v in r):  # bools and 0.0/1.0 compare equal to 0/1
-            raise UserInputError(f"{arg}: row {m} = {r} has entries other than 0/1")
-        out.append([int(v) for v in r])
-        if out[m][m] != 1:
-            raise UserInputError(
-                f"{arg}: diagonal entry [{m}][{m}] must be 1 (a chain keeps its own state)")
-    return out
-
-
-def masked_coupling_matrix(coupling: str | float, mask: torch.Tensor) -> torch.Tensor:
-    """Dense W of a fixed coupling restricted to a neighbourhood mask, float64 (M, M).
-
-    Entries outside the mask are zeroed and each row is rescaled to keep its original row sum
-    (1 for "mean"/alpha/"none", M for "sum"), so the masked W stays as contractive as the full one.
-    """
-    M = mask.shape[0]
-    W = resolve_coupling(coupling, M).dense(M, dtype=torch.float64)
-    masked = W * mask.to(torch.float64)
-    return masked * (W.sum(1, keepdim=True) / masked.sum(1, keepdim=True))
-
-
-@dataclass
-class CoupledMambaCache:
-    """Recurrent state of a :class:`CoupledMambaEncoder` for step-by-step inference.
-
-    conv_states: per layer (M, B, E, K), the last K inputs of each causal conv (oldest first).
-    ssm_states: per layer (M, B, E, N), the coupled SSM state h[t] of every modality.
-    seqlen_offset: number of steps consumed so far.
-    """
-
-    conv_states: list[torch.Tensor]
-    ssm_states: list[torch.Tensor]
-    seqlen_offset: int = 0
-
-    @property
-    def batch_size(self) -> int:
-        return self.ssm_states[0].shape[1]
 
 
 class _CoupledSSM(nn.Module):
@@ -262,53 +190,52 @@ class _CoupledSSM(nn.Module):
             return self.coupling
         return self.coupling_matrix().to(self.A_log.dtype)
 
-    def _ssm(self, u, z, initial_state=None):
-        """Selective parameters + coupled scan. u, z: (M, B, T, E) -> y (M, B, T, E) [, h]."""
-        R, N = self.dt_rank, self.d_state
-        dt_low, Bm, Cm = self.x_proj(u).split([R, N, N], dim=-1)
-        delta = self.dt_proj(dt_low, add_bias=False)  # bias added inside the scan, before softplus
-
-        def lead(t):  # (M, B, T, X) -> (M, B, X, T), the scan's layout
-            return t.transpose(-1, -2).contiguous()
-
-        out = coupled_selective_scan(
-            lead(u), lead(delta), -torch.exp(self.A_log), lead(Bm), lead(Cm),
-            D=self.D, z=lead(z), delta_bias=self.dt_proj.bias, delta_softplus=True,
-            coupling=self._scan_coupling(), initial_state=initial_state,
-            return_last_state=initial_state is not None, impl=self.scan_impl,
-        )
-        if initial_state is None:
-            return out.transpose(-1, -2)
-        y, h = out
-        return y.transpose(-1, -2), h
-
     def _mix(self, h: torch.Tensor, state=None):
         """h: (M, B, L, d) -> out_proj(coupled SSM(h)) (M, B, L, d) [, new state].
 
         ``state`` as in :meth:`CoupledMambaLayer.forward`; without it the conv starts from zeros.
+        Between in_proj and out_proj every tensor is channels-first, (M, B, X, L): the scan's
+        layout (see the module docstring for the copies this costs and why).
         """
-        M, Bsz, L, _ = h.shape
-        E, K = self.d_inner, self.d_conv
-        u, z = self.in_proj(h).chunk(2, dim=-1)  # (M, B, L, E) each
-        # Depthwise causal conv of all M*E channels in one call: channel (m, e) has its own kernel.
-        u = u.permute(1, 0, 3, 2).reshape(Bsz, M * E, L)
+        M, Bsz, L, d = h.shape
+        E, K, R, N = self.d_inner, self.d_conv, self.dt_rank, self.d_state
+        # One GEMM per modality over all B*L steps; its result is (M, 2E, B, L) in memory.
+        xz = self.in_proj.columns(h.reshape(M, Bsz * L, d).transpose(1, 2)).view(M, 2 * E, Bsz, L)
+        u = xz[:, :E].transpose(1, 2).contiguous()  # (M, B, E, L): the conv's channels (m, b, e)
+        z = xz[:, E:].transpose(1, 2)  # (M, B, E, L) view; the scan reads it as it is
         if state is None:
             pad = K - 1  # causal: zero history, keep the first L outputs
         else:
             conv_state, ssm_state = state  # the history is the last K - 1 conv inputs
-            hist = conv_state[..., 1:].permute(1, 0, 2, 3).reshape(Bsz, M * E, K - 1)
-            u = torch.cat([hist.to(u.dtype), u], dim=-1)  # (B, M*E, K - 1 + L)
-            conv_state = u[..., -K:].reshape(Bsz, M, E, K).transpose(0, 1).contiguous()
+            u = torch.cat([conv_state[..., 1:].to(u.dtype), u], dim=-1)  # (M, B, E, K - 1 + L)
+            conv_state = u[..., -K:].contiguous()
             pad = 0
-        bias = None if self.conv_bias is None else self.conv_bias.reshape(M * E)
-        u = F.conv1d(u, self.conv_weight.reshape(M * E, 1, K), bias, padding=pad, groups=M * E)
-        u = F.silu(u[..., :L]).reshape(Bsz, M, E, L).permute(1, 0, 3, 2)  # (M, B, L, E)
-        if state is None:
-            return self.out_proj(self._ssm(u, z))
-        y, ssm_state = self._ssm(u, z, initial_state=ssm_state)
-        return self.out_proj(y), (conv_state, ssm_state)
+        # Depthwise causal conv of all M*B*E rows in one call: row (m, b, e) has channel (m, e)'s
+        # kernel, so the (M, E, K) kernel is repeated over the batch (cheap next to the rows).
+        rows = M * Bsz * E
+        weight = self.conv_weight[:, None].expand(M, Bsz, E, K).reshape(rows, 1, K)
+        bias = None
+        if self.conv_bias is not None:
+            bias = self.conv_bias[:, None].expand(M, Bsz, E).reshape(rows)
+        u = F.conv1d(u.reshape(1, rows, -1), weight, bias, padding=pad, groups=rows)
+        u = F.silu(u[..., :L]).view(M, Bsz, E, L)
+        # Selective parameters: x_proj over all B*L columns, then dt_proj on the dt rows.
+        x = self.x_proj.columns(u.transpose(1, 2).reshape(M, E, Bsz * L)).view(M, R + 2 * N, Bsz, L)
+        Bm, Cm = x[:, R:].transpose(1, 2).split(N, dim=2)  # (M, B, N, L) views
+        delta = self.dt_proj.columns(x[:, :R].reshape(M, R, Bsz * L), add_bias=False)
+        delta = delta.view(M, E, Bsz, L).transpose(1, 2)  # bias added inside the scan
+        out = coupled_selective_scan(
+            u, delta, -torch.exp(self.A_log), Bm, Cm, D=self.D, z=z,
+            delta_bias=self.dt_proj.bias, delta_softplus=True, coupling=self._scan_coupling(),
+            initial_state=None if state is None else ssm_state,
+            return_last_state=state is not None, impl=self.scan_impl,
+        )
+        y, ssm_state = out if state is not None else (out, None)
+        # Back to the residual stream's (M, B, L, d): out_proj over all B*L steps.
+        y = self.out_proj(y.transpose(2, 3).reshape(M, Bsz * L, E)).view(M, Bsz, L, d)
+        return y if state is None else (y, (conv_state, ssm_state))
 
-    def allocate_state(self, batch_size: int, device=None, dtype=None):
+    def allocate_cache(self, batch_size: int, device=None, dtype=None):
         """Zero (conv_state (M, B, E, K), ssm_state (M, B, E, N)) for stepping."""
         device = device if device is not None else self.D.device
         dtype = dtype if dtype is not None else self.D.dtype
@@ -365,7 +292,7 @@ class CoupledMambaLayer(_CoupledSSM):
         """x: (M, B, L, d) residual streams -> (M, B, L, d).
 
         With ``state = (conv_state (M, B, E, K), ssm_state (M, B, E, N))`` (see
-        :meth:`allocate_state`) the L steps continue a sequence whose earlier steps left that
+        :meth:`allocate_cache`) the L steps continue a sequence whose earlier steps left that
         state, and the result is ``(out, (conv_state, ssm_state))`` with the state after the last
         step; the arguments are not modified. Zero states give the stateless forward.
         """
@@ -390,122 +317,3 @@ class CoupledMambaLayer(_CoupledSSM):
         return out[:, :, 0], conv_state, ssm_state
 
 
-class CoupledMambaEncoder(nn.Module):
-    """n_layers coupled layers + a final per-modality LayerNorm.
-
-    Padding and missing modalities: the input of modality m at step t is replaced by zeros when
-    the step is padding (mask False) or the modality is absent (present False), before the first
-    layer. Everything after that is causal (conv, scan) or per-step (norms, projections), so right
-    padding never changes valid steps; an absent modality is a zero-input chain whose state still
-    decays and is coupled like any other (see docs/ARCHITECTURE.md).
-
-    ``inference_chunk`` (T, default 128): when autograd is off (``torch.no_grad`` /
-    ``inference_mode``) and L > T, the layers run over T steps at a time with each layer's conv
-    and SSM state carried across chunks, which bounds the working memory of the layers by T
-    instead of L. The result equals the whole-sequence forward up to float rounding. ``None``
-    disables it; training (autograd on) always runs whole sequences.
-    """
-
-    def __init__(
-        self,
-        n_modalities: int,
-        d_model: int,
-        n_layers: int = 3,
-        *,
-        modality_names: Sequence[str] | None = None,
-        norm_eps: float = 1e-5,
-        rescale_prenorm_residual: bool = True,
-        inference_chunk: int | None = 128,
-        **layer_kwargs,
-    ):
-        super().__init__()
-        if n_layers < 1:
-            raise ValueError(f"n_layers: expected >= 1, got {n_layers}")
-        if inference_chunk is not None and (isinstance(inference_chunk, bool)
-                                            or not isinstance(inference_chunk, int)
-                                            or inference_chunk < 1):
-            raise ValueError(f"inference_chunk: expected None or an int >= 1, "
-                             f"got {inference_chunk!r}")
-        self.inference_chunk = inference_chunk
-        self.n_modalities, self.d_model, self.n_layers = n_modalities, d_model, n_layers
-        self.modality_names = (list(modality_names) if modality_names is not None
-                               else [f"m{i}" for i in range(n_modalities)])
-        if len(self.modality_names) != n_modalities:
-            raise ValueError(f"modality_names: got {len(self.modality_names)} names, "
-                             f"expected M = {n_modalities}")
-        scale = 1.0 / math.sqrt(n_layers) if rescale_prenorm_residual else 1.0
-        self.layers = nn.ModuleList(
-            CoupledMambaLayer(n_modalities, d_model, norm_eps=norm_eps, residual_scale=scale,
-                              **layer_kwargs)
-            for _ in range(n_layers)
-        )
-        self.norm_f = ModalityLayerNorm(n_modalities, d_model, eps=norm_eps)
-
-    def forward(self, inputs, mask=None, present=None) -> list[torch.Tensor]:
-        """Encode M aligned sequences.
-
-        Args:
-            inputs: list/tuple of M tensors (B, L, d_model), or a dict keyed by modality name.
-            mask: None, a shared (B, L) bool, or a list/dict of M (B, L) bool (True = valid;
-                right padding).
-            present: (B, M) bool, False for a missing modality; None = all present.
-
-        Returns:
-            list of M tensors (B, L, d_model) (views of one stacked tensor).
-        """
-        xs, _, _, valid = prepare_inputs(  # valid: (M, B, L) or None
-            inputs, mask, present, self.modality_names, [self.d_model] * self.n_modalities)
-        x = torch.stack(xs)
-        if valid is not None:
-            x = torch.where(valid[..., None], x, x.new_zeros(()))  # where, not *: NaN-safe
-        T = self.inference_chunk
-        if T is None or x.shape[2] <= T or torch.is_grad_enabled():
-            for layer in self.layers:
-                x = layer(x)
-            return list(self.norm_f(x).unbind(0))
-        # Without autograd, run all layers over T steps at a time and carry each layer's conv
-        # and SSM state: the layers' (M, B, L, E)-sized intermediates then exist for T steps
-        # only, so working memory no longer grows with L beyond the (M, B, L, d) streams.
-        out = torch.empty_like(x)
-        half = x.dtype in (torch.float16, torch.bfloat16)  # the scan's state stays fp32 then
-        st = torch.float32 if half else x.dtype
-        states = [layer.allocate_state(x.shape[1], x.device, st) for layer in self.layers]
-        for t0 in range(0, x.shape[2], T):
-            h = x[:, :, t0:t0 + T]
-            for i, layer in enumerate(self.layers):
-                h, states[i] = layer(h, states[i])
-            out[:, :, t0:t0 + T] = self.norm_f(h)
-        return list(out.unbind(0))
-
-    def allocate_cache(self, batch_size: int, device=None, dtype=None) -> CoupledMambaCache:
-        """A zero cache for :meth:`step` (same as the zero initial state of :meth:`forward`)."""
-        states = [layer.allocate_state(batch_size, device, dtype) for layer in self.layers]
-        return CoupledMambaCache([c for c, _ in states], [s for _, s in states])
-
-    def step(self, inputs, cache: CoupledMambaCache, mask=None, present=None) -> list[torch.Tensor]:
-        """Consume one time step of every modality; equals :meth:`forward` at that step.
-
-        Args:
-            inputs: list/tuple of M tensors (B, d_model) (or a dict), the inputs at step t.
-            cache: from :meth:`allocate_cache`; updated in place (new state tensors are stored).
-            mask: None, a shared (B,) bool, or a list/dict of M (B,) bool: False = padding step.
-            present: (B, M) bool or None.
-
-        Returns:
-            list of M tensors (B, d_model): the encoder outputs at step t.
-        """
-        xs, _, _, valid = prepare_inputs(  # valid: (M, B) or None
-            inputs, mask, present, self.modality_names, [self.d_model] * self.n_modalities,
-            batch=cache.batch_size, step=True)
-        x = torch.stack(xs)
-        if valid is not None:
-            x = torch.where(valid[..., None], x, x.new_zeros(()))
-        for i, layer in enumerate(self.layers):
-            x, cache.conv_states[i], cache.ssm_states[i] = layer.step(
-                x, cache.conv_states[i], cache.ssm_states[i])
-        cache.seqlen_offset += 1
-        return list(self.norm_f(x).unbind(0))
-
-    def coupling_matrices(self) -> list[torch.Tensor]:
-        """The (M, M) coupling W of every layer."""
-        return [layer.coupling_matrix() for layer in self.layers]
