@@ -116,13 +116,25 @@ def test_mamba_fusion_differs_from_coupled_mamba_only_by_coupling(make_config, m
     assert not torch.allclose(coupled(xs), uncoupled(xs))
 
 
-def test_scan_impl_is_honoured(make_config, make_inputs):
+def test_scan_impl_is_honoured(make_config, make_inputs, monkeypatch):
+    import coupled_mamba.ops.selective_scan as dispatch
+
+    # A spy on the one dispatch point: every layer must ask for the configured implementation.
+    asked = []
+    real_pick = dispatch._pick
+    monkeypatch.setattr(dispatch, "_pick",
+                        lambda impl, device: asked.append(impl) or real_pick(impl, device))
     torch.manual_seed(0)
     fast = create_model("coupled_mamba", make_config(scan_impl="torch")).eval()
     ref = create_model("coupled_mamba", make_config(scan_impl="ref")).eval()
     ref.load_state_dict(fast.state_dict())
     xs = make_inputs(fast.config)
-    torch.testing.assert_close(ref(xs), fast(xs), atol=1e-5, rtol=1e-5)
+    y_fast = fast(xs)
+    assert asked == ["torch"] * fast.config.n_layers
+    asked.clear()
+    y_ref = ref(xs)
+    assert asked == ["ref"] * ref.config.n_layers
+    torch.testing.assert_close(y_ref, y_fast, atol=1e-5, rtol=1e-5)
 
 
 def test_model_input_errors_name_the_argument(make_config, make_inputs):
