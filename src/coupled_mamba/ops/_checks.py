@@ -1,4 +1,5 @@
-"""Input validation for the coupled selective scan (docs/MATH.md, section 2).
+"""Input validation for the coupled selective scan (docs/MATH.md, section 2), and the steps
+before and after the recurrence that the pure-PyTorch implementations share.
 
 Shapes: M modalities, Bt batch, D channels (d_inner), N state size, L length.
 Errors name the argument, the shape received and the shape expected.
@@ -9,12 +10,13 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch
+import torch.nn.functional as F
 
 _HALF = (torch.float16, torch.bfloat16)
 _SUPPORTED = (torch.float32, torch.float64, *_HALF)
 
 
-class ScanDims(NamedTuple):  # a NamedTuple: built on every call, 3x cheaper than a dataclass
+class ScanDims(NamedTuple):  # a NamedTuple: built on every call, cheaper than a dataclass
     M: int
     Bt: int
     D: int
@@ -108,3 +110,22 @@ def to_compute_dtype(u: torch.Tensor, *tensors):
         if t is not None and t.dtype != work:
             return work, tuple(t if t is None or t.dtype == work else t.to(work) for t in tensors)
     return work, tensors  # nothing to cast (the usual case): no new tuple
+
+
+def step_sizes(delta: torch.Tensor, delta_bias: torch.Tensor | None,
+               softplus: bool) -> torch.Tensor:
+    """dt = softplus(delta + delta_bias), each step optional: delta (M, Bt, D, L), delta_bias
+    (M, D) -> (M, Bt, D, L). The pure-PyTorch scans' first step (docs/MATH.md, section 2)."""
+    dt = delta
+    if delta_bias is not None:
+        dt = dt + delta_bias[:, None, :, None]
+    return F.softplus(dt) if softplus else dt
+
+
+def skip_and_gate(y: torch.Tensor, u: torch.Tensor, D: torch.Tensor | None,
+                  z: torch.Tensor | None) -> torch.Tensor:
+    """(y + D u) * silu(z), each term optional: y, u, z (M, Bt, D, L), D (M, D) ->
+    (M, Bt, D, L). The pure-PyTorch scans' last step (docs/MATH.md, section 2)."""
+    if D is not None:
+        y = y + D[:, None, :, None] * u
+    return y * F.silu(z) if z is not None else y

@@ -236,8 +236,8 @@ def scan_compute_dtype(u, delta, A, B, C, D, z, delta_bias, delta_softplus, coup
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in args):
         y, last = _CoupledScanFn.apply(*args, mode, float(cp.weight), bool(delta_softplus))
     else:
-        # Inference: the kernel directly, without autograd.Function's bookkeeping (a few
-        # microseconds a call, which the streaming step with L = 1 pays every token).
+        # Inference: the kernel directly, without autograd.Function's bookkeeping, whose fixed
+        # cost the streaming step with L = 1 would pay on every token.
         y, last, _ = _load().fwd(*args, mode, float(cp.weight), bool(delta_softplus), False,
                                  bool(return_last_state))
     return (y, last) if return_last_state else y

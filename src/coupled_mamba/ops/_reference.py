@@ -14,9 +14,8 @@ every fast path is tested against it.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
-from ._checks import to_compute_dtype
+from ._checks import skip_and_gate, step_sizes, to_compute_dtype
 from ._coupling import resolve_coupling
 
 
@@ -60,11 +59,7 @@ def coupled_selective_scan_ref(
     N = A.shape[-1]
     W = resolve_coupling(coupling, M).dense(M, device=u.device, dtype=work)
 
-    dt = delta
-    if delta_bias is not None:
-        dt = dt + delta_bias[:, None, :, None]
-    if delta_softplus:
-        dt = F.softplus(dt)
+    dt = step_sizes(delta, delta_bias, delta_softplus)  # (M, Bt, D, L)
 
     h = initial_state if initial_state is not None else u.new_zeros(M, Bt, Dc, N)
     ys = []
@@ -75,9 +70,5 @@ def coupled_selective_scan_ref(
         h = Abar * torch.einsum("mk,kbdn->mbdn", W, h) + bbar
         ys.append(torch.einsum("mbdn,mbn->mbd", h, C[..., t]))
     y = torch.stack(ys, dim=-1)
-    if D is not None:
-        y = y + D[:, None, :, None] * u
-    if z is not None:
-        y = y * F.silu(z)
-    y = y.to(out_dtype)
+    y = skip_and_gate(y, u, D, z).to(out_dtype)
     return (y, h) if return_last_state else y

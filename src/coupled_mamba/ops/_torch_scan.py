@@ -18,9 +18,8 @@ whole (M, Bt, D, N, L).
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
-from ._checks import to_compute_dtype
+from ._checks import skip_and_gate, step_sizes, to_compute_dtype
 from ._coupling import resolve_coupling
 
 CHUNK = 64
@@ -77,11 +76,7 @@ def coupled_selective_scan_torch(
     cp = resolve_coupling(coupling, M)
     W = cp.dense(M, device=u.device, dtype=work) if cp.kind == "general" else None
 
-    dt = delta
-    if delta_bias is not None:
-        dt = dt + delta_bias[:, None, :, None]
-    if delta_softplus:
-        dt = F.softplus(dt)
+    dt = step_sizes(delta, delta_bias, delta_softplus)  # (M, Bt, D, L)
 
     h = initial_state if initial_state is not None else u.new_zeros(M, Bt, Dc, N)
     ys = []
@@ -105,9 +100,5 @@ def coupled_selective_scan_torch(
         ys.append((hs * C[:, :, None, :, s:e]).sum(dim=-2))
         h = hs[..., -1]
     y = torch.cat(ys, dim=-1)
-    if D is not None:
-        y = y + D[:, None, :, None] * u
-    if z is not None:
-        y = y * F.silu(z)
-    y = y.to(out_dtype)
+    y = skip_and_gate(y, u, D, z).to(out_dtype)
     return (y, h) if return_last_state else y

@@ -432,18 +432,8 @@ def _tl_dtype(dtype: torch.dtype):
 
 
 def coupled_selective_scan_triton(
-    u: torch.Tensor,
-    delta: torch.Tensor,
-    A: torch.Tensor,
-    B: torch.Tensor,
-    C: torch.Tensor,
-    D: torch.Tensor | None = None,
-    z: torch.Tensor | None = None,
-    delta_bias: torch.Tensor | None = None,
-    delta_softplus: bool = False,
-    coupling="mean",
-    initial_state: torch.Tensor | None = None,
-    return_last_state: bool = False,
+    u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+    coupling="mean", initial_state=None, return_last_state=False,
     *,
     chunk: int = CHUNK,
     sub_chunk: int = SUB_CHUNK,

@@ -22,7 +22,6 @@ import warnings
 import torch
 
 from ._checks import check_scan_inputs
-from ._coupling import resolve_coupling
 from ._reference import coupled_selective_scan_ref
 from ._torch_scan import coupled_selective_scan_torch
 
@@ -37,7 +36,7 @@ def _warn_once(key: str, message: str) -> None:
         warnings.warn(message, RuntimeWarning, stacklevel=4)
 
 
-_cpu_mod = None  # the _cpu module once imported (a function-level import costs ~1 us a call)
+_cpu_mod = None  # the _cpu module once imported: a function-level import runs on every call
 
 
 def _cpu_module():
@@ -70,6 +69,16 @@ def _triton_backend():
     return (_triton.coupled_selective_scan_triton, None) if ok else (None, reason)
 
 
+_KERNELS = {"cpu": _cpu_backend, "triton": _triton_backend}
+# What "auto" takes per device type: (kernel, the warning when it is unavailable).
+_AUTO = {
+    "cpu": ("cpu", "compiled CPU kernel unavailable ({reason}); falling back to the slower "
+            "pure-PyTorch path."),
+    "cuda": ("triton", "no fused GPU kernel ({reason}); using the pure-PyTorch path, which "
+             "materialises per-chunk (M, B, D, N, T) tensors."),
+}
+
+
 def _pick(impl: str, device: torch.device):
     """The one decision of which implementation runs: (name, function, why "auto" fell back).
 
@@ -81,34 +90,20 @@ def _pick(impl: str, device: torch.device):
         return "ref", coupled_selective_scan_ref, None
     if impl == "torch":
         return "torch", coupled_selective_scan_torch, None
-    if impl == "cpu":
-        if device.type != "cpu":
+    if impl != "auto":  # "cpu" or "triton": that kernel or an error
+        if impl == "cpu" and device.type != "cpu":
             raise ValueError(f"impl='cpu' needs CPU tensors, got tensors on {device}")
-        fn, reason = _cpu_backend()
+        fn, reason = _KERNELS[impl]()
         if fn is None:
-            raise RuntimeError(f"impl='cpu' is unavailable: {reason}")
-        return "cpu", fn, None
-    if impl == "triton":
-        fn, reason = _triton_backend()
-        if fn is None:
-            raise RuntimeError(f"impl='triton' is unavailable: {reason}")
-        return "triton", fn, None
-    # auto
-    if device.type == "cpu":
-        fn, reason = _cpu_backend()
-        if fn is not None:
-            return "cpu", fn, None
-        return "torch", coupled_selective_scan_torch, (
-            f"compiled CPU kernel unavailable ({reason}); falling back to the slower "
-            "pure-PyTorch path.")
-    if device.type == "cuda":
-        fn, reason = _triton_backend()
-        if fn is not None:
-            return "triton", fn, None
-        return "torch", coupled_selective_scan_torch, (
-            f"no fused GPU kernel ({reason}); using the pure-PyTorch path, which materialises "
-            "per-chunk (M, B, D, N, T) tensors.")
-    return "torch", coupled_selective_scan_torch, None
+            raise RuntimeError(f"impl={impl!r} is unavailable: {reason}")
+        return impl, fn, None
+    if device.type not in _AUTO:
+        return "torch", coupled_selective_scan_torch, None
+    name, fallback = _AUTO[device.type]
+    fn, reason = _KERNELS[name]()
+    if fn is not None:
+        return name, fn, None
+    return "torch", coupled_selective_scan_torch, fallback.format(reason=reason)
 
 
 def _resolve_impl(impl: str, device: torch.device):
@@ -183,8 +178,8 @@ def coupled_selective_scan(
         ValueError: a shape, device or dtype is wrong (the message names the argument).
     """
     # Fast path: float32/float64 CPU tensors with the compiled kernel. The C++ side checks every
-    # shape, device and dtype itself, so the Python validation below (a few microseconds, which
-    # the streaming step with L = 1 pays on every token) runs only when a call fails, to raise
+    # shape, device and dtype itself, so the Python validation below (a fixed cost that the
+    # streaming step with L = 1 would pay on every token) runs only when a call fails, to raise
     # the documented ValueError. Half inputs (casts) and tensor couplings take the full path.
     if ((impl == "auto" or impl == "cpu") and isinstance(u, torch.Tensor) and u.is_cpu
             and u.dtype in _FAST_DTYPES and not isinstance(coupling, torch.Tensor)):
@@ -200,11 +195,10 @@ def coupled_selective_scan(
             # carry the kernel's error as its context.
             check_scan_inputs(u, delta, A, B, C, D, z, delta_bias, initial_state)
             raise failure
-    dims = check_scan_inputs(u, delta, A, B, C, D, z, delta_bias, initial_state)
-    cp = resolve_coupling(coupling, dims.M)
-    if cp.kind == "general" and isinstance(coupling, torch.Tensor):
-        if coupling.device != u.device:
-            raise ValueError(f"coupling: tensor on {coupling.device}, but u is on {u.device}")
+    check_scan_inputs(u, delta, A, B, C, D, z, delta_bias, initial_state)
+    # The implementation resolves (and checks) the coupling itself: only its device is ours.
+    if isinstance(coupling, torch.Tensor) and coupling.device != u.device:
+        raise ValueError(f"coupling: tensor on {coupling.device}, but u is on {u.device}")
     fn = _resolve_impl(impl, u.device)
     return fn(
         u, delta, A, B, C, D=D, z=z, delta_bias=delta_bias, delta_softplus=delta_softplus,

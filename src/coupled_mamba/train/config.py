@@ -331,27 +331,15 @@ def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:
         if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
             return value.lower() in ("true", "yes", "1")
         raise err
-    if hint is int:
-        if isinstance(value, bool):
+    if hint is int or hint is float:
+        # bool is an int to Python but never a number here; an int field takes a float only
+        # when it is a whole number (YAML may write 1e3).
+        if isinstance(value, bool) or (hint is int and isinstance(value, float)
+                                       and not value.is_integer()):
             raise err
-        if isinstance(value, int):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, str):
+        if isinstance(value, (int, float, str)):
             try:
-                return int(value)
-            except ValueError:
-                raise err from None
-        raise err
-    if hint is float:
-        if isinstance(value, bool):
-            raise err
-        if isinstance(value, (int, float)):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
+                return hint(value)
             except ValueError:
                 raise err from None
         raise err

@@ -75,8 +75,8 @@ static void flat_prep(const Ctx<T>& c, int64_t m, int64_t b, int64_t d0, int64_t
 }
 
 // y = (ys + D u) silu(z) for the row of channel d of (m, b), from its sums over n (ys, just
-// reduced and still in L1: a separate pass over the whole flat block afterwards cost about 5% of
-// an N = 16, L = 50 call) and its silu(z) in the flat array (sz).
+// reduced and still in L1, where a separate pass over the whole flat block afterwards would
+// read them back from further away) and its silu(z) in the flat array (sz).
 template <typename T>
 static inline void flat_finish_row(const Ctx<T>& c, int64_t m, int64_t b, int64_t d,
                                    const T* ys, const T* sz) {

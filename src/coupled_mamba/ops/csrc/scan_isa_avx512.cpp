@@ -5,21 +5,9 @@
 #include <immintrin.h>
 #include "scan_common.h"
 
-#if defined(__clang__)
-#pragma clang attribute push(__attribute__((target("avx512f,avx512dq,avx2,fma"))), apply_to = function)
-#elif defined(__GNUC__)
-#pragma GCC push_options
-#pragma GCC target("avx512f,avx512dq,avx2,fma")
-#endif
-
+#define SCAN_TARGET "avx512f,avx512dq,avx2,fma"
 #define SCAN_NS coupled_scan_avx512
 #define SCAN_VBYTES 64
 #define SCAN_ISA_NAME "avx512"
-#include "scan_kernel_impl.h"
-
-#if defined(__clang__)
-#pragma clang attribute pop
-#elif defined(__GNUC__)
-#pragma GCC pop_options
-#endif
+#include "scan_isa_unit.h"
 #endif

@@ -57,7 +57,7 @@ static inline void rank1(const Ctx<T>& c, const TaskRange& r, int64_t b, int64_t
 
 // Flush-to-zero (x86 MXCSR.FTZ) while a task runs: a result below the smallest normal number
 // (2^-126 in float) becomes 0 instead of a denormal. Denormal results cost a microcode assist,
-// about 55 ns for one vscalefps on this project's Xeon against 1 ns (measured), and a decaying
+// many times the cost of the instruction (docs/cpu_kernel.md), and a decaying
 // state or a very negative dt A produces them; they carry no information at that scale. Inputs
 // are not touched (no DAZ). The caller's mode is restored when the task ends.
 struct FlushToZero {
