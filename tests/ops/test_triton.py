@@ -33,7 +33,12 @@ else:
     pytest.importorskip("triton")
 
 from coupled_mamba import coupled_selective_scan  # noqa: E402
-from coupled_mamba.ops import _triton, coupled_selective_scan_ref  # noqa: E402
+from coupled_mamba.ops import (  # noqa: E402
+    _triton,
+    _triton_chunked,
+    _triton_seq,
+    coupled_selective_scan_ref,
+)
 
 INTERPRETING = os.environ.get("TRITON_INTERPRET", "0") == "1"
 TOL = {torch.float64: 1e-10, torch.float32: 2e-5}
@@ -266,8 +271,8 @@ class TestInterpreter:
         input, against the reference; a spy makes sure it is that kernel that ran."""
         kw = make_scan_inputs(M=M, Bt=Bt, D=D, N=N, L=L, with_state=True, requires_grad=False)
         launches = []
-        real = _triton._par_meta
-        monkeypatch.setattr(_triton, "_par_meta",
+        real = _triton_chunked._par_meta
+        monkeypatch.setattr(_triton_chunked, "_par_meta",
                             lambda *a: launches.append(1) or real(*a))
         fn = _triton_fn(**{**PARALLEL, **tiling})
         with warnings.catch_warnings():
@@ -310,8 +315,8 @@ class TestInterpreter:
                                                                 monkeypatch):
         kw = make_scan_inputs(M=2, Bt=1, D=3, N=4, L=6)
         launches = []
-        real = _triton._par_meta
-        monkeypatch.setattr(_triton, "_par_meta",
+        real = _triton_chunked._par_meta
+        monkeypatch.setattr(_triton_chunked, "_par_meta",
                             lambda *a: launches.append(1) or real(*a))
         with torch.no_grad():
             _triton.coupled_selective_scan_triton(**kw)
@@ -338,7 +343,7 @@ class TestInterpreter:
         """The parallel layout's backward: y, last state and every gradient (initial_state and
         the last state's gradient included), and not the chunked kernels."""
         kw = make_scan_inputs(M=M, Bt=Bt, D=D, N=N, L=L, with_state=True)
-        monkeypatch.setattr(_triton, "_chunk_bwd_launch", None)  # would fail if called
+        monkeypatch.setattr(_triton_chunked, "_chunk_bwd_launch", None)  # would fail if called
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # "sum" is not contractive
             _compare(kw, coupling, base=PARALLEL_BWD, **tiling)
@@ -422,14 +427,14 @@ class TestInterpreter:
         # Inputs require grad, as model parameters do: no_grad alone must turn saving off.
         kw = make_scan_inputs(M=2, Bt=1, D=3, N=4, L=11, with_state=True, requires_grad=True)
         saved = []
-        for name in ("_fwd_launch", "_chunk_fwd_launch"):
-            real = getattr(_triton, name)
+        for module, name in ((_triton_seq, "_fwd_launch"), (_triton_chunked, "_chunk_fwd_launch")):
+            real = getattr(module, name)
 
             def spy(*args, _real=real):
                 saved.append(args[-1])  # the `save` flag
                 return _real(*args)
 
-            monkeypatch.setattr(_triton, name, spy)
+            monkeypatch.setattr(module, name, spy)
         with torch.no_grad():
             y, h = _triton.coupled_selective_scan_triton(
                 **kw, delta_softplus=True, return_last_state=True, **tiling)
