@@ -1,4 +1,4 @@
-// Accuracy of the CPU kernel's float exp2 (vexp2 in src/coupled_mamba/ops/csrc/scan_kernel_impl.h)
+// Accuracy of the CPU kernel's float exp2 (vexp2 in src/coupled_mamba/ops/csrc/scan_vec.h)
 // for each instruction set, against exp2 in double: maximum error in ulp (of the exact result)
 // and maximum relative error, over every 8th float in [-125, 128). Not part of the test suite
 // (it sweeps 250 million values); the kernel's end-to-end accuracy is tested against the

@@ -142,7 +142,7 @@ def test_settings_reject_bad_values(kw, match):
 
 def test_gpu_script_smoke_runs_on_cpu(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(REPO / "src"))
-    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "gpu_efficiency.py"),
+    proc = subprocess.run([sys.executable, "-m", "coupled_mamba.bench.gpu_efficiency",
                            "--smoke", "--out", str(tmp_path)], capture_output=True, text=True,
                           env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -10,6 +10,18 @@
   allocator's counters on CUDA).
 - :mod:`.plotting`: PNG figures from result rows (matplotlib, Agg).
 - :mod:`.cli`: the subcommands. Results and their commands are recorded in docs/BENCHMARKS.md.
+
+Measurements run as modules (``python -m coupled_mamba.bench.<name>``), results under
+``benchmarks/results/``:
+
+- :mod:`.scan`, :mod:`.scan_call_cost`: the CPU scan against the exp floor, and the per-call
+  cost of short scans (docs/BENCHMARKS.md).
+- :mod:`.step_compare`: the CPU training step of two revisions.
+- :mod:`.gpu_scan` (building blocks in :mod:`._gpu_scan_checks`), :mod:`.gpu_efficiency`,
+  :mod:`.gpu_train_check`: the CUDA checks that ``benchmarks/gpu_check.sh`` runs in order
+  (docs/triton_kernel.md, docs/BENCHMARKS.md, docs/TRAINING.md).
+- :mod:`.recipe_probe`: one training recipe, one JSON line (docs/TRAINING.md).
+- :mod:`.rosmap_baseline`: the logistic-regression bar for ROSMAP (docs/BENCHMARKS.md).
 """
 
 from .efficiency import EfficiencySettings, run_efficiency, write_results

@@ -1,8 +1,8 @@
 """Train one recipe and print one JSON line: the probe behind the findings in docs/TRAINING.md
 ("Defaults that follow the data").
 
-    python benchmarks/recipe_probe.py '{"seed": 1112, "m": {"dt_max": 1.0}}'
-    python benchmarks/recipe_probe.py '{"setting": "xor", "set": ["train.lr=1e-3"]}'
+    python -m coupled_mamba.bench.recipe_probe '{"seed": 1112, "m": {"dt_max": 1.0}}'
+    python -m coupled_mamba.bench.recipe_probe '{"setting": "xor", "set": ["train.lr=1e-3"]}'
 
 Spec keys (all optional): ``seed`` (1111, the training seed), ``model`` (registry name,
 coupled_mamba), ``d`` / ``m`` / ``t``: overrides of the data / model / train config sections,
@@ -25,11 +25,11 @@ import time
 import torch
 import yaml
 
-from coupled_mamba.data import make_synthetic
-from coupled_mamba.data.interaction import SUITE, make_interaction, scaled
-from coupled_mamba.train.config import ExperimentConfig
-from coupled_mamba.train.data_prep import prepare_loaded
-from coupled_mamba.train.run import train_run
+from ..data import make_synthetic
+from ..data.interaction import SUITE, make_interaction, scaled
+from ..train.config import ExperimentConfig
+from ..train.data_prep import prepare_loaded
+from ..train.run import train_run
 
 
 def main(argv: list[str]) -> int:

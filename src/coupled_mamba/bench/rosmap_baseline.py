@@ -7,7 +7,7 @@ training rows. The inverse regularisation C is chosen on the validation rows by 
 criterion the trainer uses (valid cross-entropy), from a fixed grid. Test metrics come from
 ``coupled_mamba.metrics.classification_metrics`` (accuracy, weighted/macro F1, AUC).
 
-    .venv/bin/python benchmarks/rosmap_baseline.py --data ROSMAP \
+    .venv/bin/python -m coupled_mamba.bench.rosmap_baseline --data ROSMAP \
         --config configs/rosmap.yaml --out runs/rosmap_logreg.json
 
 The fit is deterministic (lbfgs), so there is no seed to vary.
@@ -23,9 +23,9 @@ import numpy as np
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import log_loss
 
-from coupled_mamba.metrics import classification_metrics
-from coupled_mamba.train.config import load_config
-from coupled_mamba.train.data_prep import prepare_data
+from ..metrics import classification_metrics
+from ..train.config import load_config
+from ..train.data_prep import prepare_data
 
 C_GRID = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0)
 

@@ -1,7 +1,7 @@
 """GPU efficiency check: Coupled Mamba vs cross-attention on CUDA (paper Figs. 3-4).
 
-    PYTHONPATH=src python3 benchmarks/gpu_efficiency.py --out OUT_DIR            # on a GPU, < 3 min
-    PYTHONPATH=src python3 benchmarks/gpu_efficiency.py --smoke --out /tmp/x     # CPU, every path
+    python -m coupled_mamba.bench.gpu_efficiency --out OUT_DIR            # on a GPU, < 3 min
+    python -m coupled_mamba.bench.gpu_efficiency --smoke --out /tmp/x     # CPU, every path
 
 Measures, in one process (CUDA memory from the allocator's counters, time with synchronize,
 warm-up then median):
@@ -17,7 +17,7 @@ Then it prints a compact table and the targets: coupled >= 2x faster and >= 85% 
 materialised cross-attention at L = 1000, and its forward vs SDPA cross-attention at L = 1000.
 Writes efficiency.{csv,json,md} and efficiency_{infer,train}.png into --out. A global deadline
 (--max-seconds) skips whatever is left rather than overrun the device time.
-Needs only torch (+ triton for the fused scan) and matplotlib; this package via PYTHONPATH=src.
+Needs only torch (+ triton for the fused scan) and matplotlib.
 """
 
 from __future__ import annotations
@@ -48,7 +48,8 @@ def main(argv=None) -> int:
 
     import torch
 
-    from coupled_mamba.bench.efficiency import (
+    from ..ops import selective_scan
+    from .efficiency import (
         EfficiencySettings,
         add_ratios,
         check_targets,
@@ -56,7 +57,6 @@ def main(argv=None) -> int:
         run_efficiency,
         write_results,
     )
-    from coupled_mamba.ops import selective_scan
 
     if args.smoke:
         device = "cpu"

@@ -5,7 +5,8 @@ Writes the embedded benchmark as an npz folder, runs ``coupled-mamba train`` on 
 then ``evaluate`` and ``predict`` on the GPU, and prints one JSON line per run with the test
 metrics and the wall time. Run where a GPU is available:
 
-    python benchmarks/gpu_train_check.py --out /tmp/gpu_check [--scan-impl auto|torch|triton]
+    python -m coupled_mamba.bench.gpu_train_check --out /tmp/gpu_check \
+        [--scan-impl auto|torch|triton]
 """
 
 from __future__ import annotations
@@ -17,9 +18,9 @@ from pathlib import Path
 
 import torch
 
-from coupled_mamba.data import make_synthetic, write_npz_folder
-from coupled_mamba.train import cli
-from coupled_mamba.train.demo import DEMO_DATA
+from ..data import make_synthetic, write_npz_folder
+from ..train import cli
+from ..train.demo import DEMO_DATA
 
 
 def main(argv=None) -> int:

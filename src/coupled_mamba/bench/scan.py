@@ -22,8 +22,9 @@ timed in shuffled rounds, and each gets the median over the rounds. Ratios then 
 taken under the same load.
 
 Usage:
-    python benchmarks/bench_scan.py --out benchmarks/results/bench_scan_1t
-    python benchmarks/bench_scan.py --threads 2 --impls cpu --out benchmarks/results/bench_scan_2t
+    python -m coupled_mamba.bench.scan --out benchmarks/results/bench_scan_1t
+    python -m coupled_mamba.bench.scan --threads 2 --impls cpu \
+        --out benchmarks/results/bench_scan_2t
 
 Writes OUT.csv (one row per measurement) and OUT.json (rows, machine, exp rates, targets);
 prints a table. Not a test: timings on shared cores are noisy, hence warm-up and medians.
@@ -45,7 +46,7 @@ from pathlib import Path
 
 import torch
 
-from coupled_mamba import coupled_selective_scan
+from .. import coupled_selective_scan
 
 IMPLS = ("ref", "torch", "cpu")
 COUPLINGS = ("mean", "none")
@@ -339,7 +340,7 @@ def main(argv=None):
 
 def _cpu_isa() -> str:
     try:
-        from coupled_mamba.ops import _cpu
+        from ..ops import _cpu
 
         return _cpu.isa() if _cpu.is_available()[0] else "unavailable"
     except Exception as exc:  # the benchmark still runs the other paths

@@ -1,16 +1,17 @@
 """Per-call cost of a short coupled scan (docs/MATH.md, section 2) under three timing conditions.
 
-bench_scan.py times every variant in shuffled rounds, so each call starts after other work; the
-rate floor (M*B*L*D*N / exp rate) comes from back-to-back calls. For short sequences the two
-conditions differ by tens of microseconds, for the scan and for torch.exp alike. This script times
-the cpu forward and the exp floor (torch.exp over the same count, in 1 MiB pieces) back to back,
-alternating with each other, and after a short sleep.
+``coupled_mamba.bench.scan`` times every variant in shuffled rounds, so each call starts after
+other work; the rate floor (M*B*L*D*N / exp rate) comes from back-to-back calls. For short
+sequences the two conditions differ by tens of microseconds, for the scan and for torch.exp alike.
+This module times the cpu forward and the exp floor (torch.exp over the same count, in 1 MiB
+pieces) back to back, alternating with each other, and after a short sleep.
 
 Shapes: M = 3 modalities, B = 1, D = 256 channels, N state size, L length; float32, 1 thread,
-the inputs of bench_scan.py (D skip, z gate, delta_bias, softplus), coupling "mean" (or --coupling).
+the inputs of ``coupled_mamba.bench.scan`` (D skip, z gate, delta_bias, softplus), coupling
+"mean" (or --coupling).
 
 Usage:
-    python benchmarks/bench_scan_call_cost.py --N 16 --L 50
+    python -m coupled_mamba.bench.scan_call_cost --N 16 --L 50
 Prints medians in microseconds. Not a test: timings on shared cores are noisy.
 """
 
@@ -18,16 +19,12 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_scan import exp_floor_call, make_inputs  # noqa: E402
-
-from coupled_mamba import coupled_selective_scan  # noqa: E402
+from .. import coupled_selective_scan
+from .scan import exp_floor_call, make_inputs
 
 
 def _median_us(times: list, skip: int) -> float:
