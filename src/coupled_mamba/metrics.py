@@ -13,8 +13,7 @@ from collections.abc import Sequence
 import numpy as np
 from sklearn.metrics import accuracy_score, f1_score, mean_absolute_error, roc_auc_score
 
-MMSA_DATASETS = ("mosi", "mosei", "sims", "simsv2")
-METRIC_FAMILIES = (*MMSA_DATASETS, "regression", "classification", "multilabel")
+from ._tasks import METRIC_FAMILIES, MMSA_DATASETS
 
 # Left-open bins (lo, hi] of MMSA's SIMS metrics, compared in float32 like MMSA's tensors.
 _SIMS_EDGES = {

@@ -75,3 +75,30 @@ def test_from_dict_rejects_unknown_or_missing_keys(tmp_path):
     bad.write_text("{not json")
     with pytest.raises(ValueError, match="config.json: not valid JSON"):
         CoupledMambaConfig.load(bad)
+
+
+def test_field_groups_match_the_encoders_keywords():
+    """Every option of the coupled encoder and its layers is a MAMBA_ENCODER_FIELDS entry (so
+    CoupledMambaModel forwards it), and every entry is one of their keywords; the cross-attention
+    fields are not forwarded to the Mamba encoder."""
+    import inspect
+
+    from coupled_mamba.models.config import CROSS_ATTENTION_FIELDS, MAMBA_ENCODER_FIELDS
+    from coupled_mamba.modules import CoupledMambaEncoder
+    from coupled_mamba.modules.coupled_layer import CoupledMambaLayer, _CoupledSSM
+
+    def keywords(cls):
+        return {name for name, p in inspect.signature(cls.__init__).parameters.items()
+                if p.kind is not p.VAR_KEYWORD}
+
+    # The encoder sets these for its layers itself, or they are not configuration.
+    internal = {"self", "n_modalities", "modality_names", "residual_scale", "device", "dtype",
+                "layer_idx"}
+    wanted = (keywords(CoupledMambaEncoder) | keywords(CoupledMambaLayer)
+              | keywords(_CoupledSSM)) - internal
+    assert set(MAMBA_ENCODER_FIELDS) == wanted
+    fields = set(CoupledMambaConfig.__dataclass_fields__)
+    assert set(MAMBA_ENCODER_FIELDS) <= fields and set(CROSS_ATTENTION_FIELDS) <= fields
+    assert not set(CROSS_ATTENTION_FIELDS) & set(MAMBA_ENCODER_FIELDS)
+    cfg = CoupledMambaConfig(input_dims=[3, 2], d_state=8, dt_init="constant", coupling=0.5)
+    assert cfg.mamba_encoder_kwargs() == {name: getattr(cfg, name) for name in wanted}

@@ -15,10 +15,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .._tasks import METRIC_FAMILIES, TASKS
 from ..errors import UserInputError
 
-TASKS = ("regression", "classification", "multilabel")
-METRIC_FAMILIES = ("mosi", "mosei", "sims", "simsv2", "classification", "multilabel", "regression")
 SPLIT_NAMES = ("train", "valid", "test")
 
 

@@ -11,12 +11,23 @@ import json
 import os
 from dataclasses import dataclass
 
+from .._tasks import TASKS
 from ..errors import UserInputError
-from ..modules.coupling import check_coupling, check_coupling_mask
+from ..modules.coupled_layer import check_layer_options
+from ..modules.coupling import check_coupling_mask
 from ..modules.heads import FUSIONS, POOLINGS
-from ..ops import IMPLS
 
-TASKS = ("regression", "classification", "multilabel")
+# Which fields configure which encoder; the others (data, input projection, head) serve every
+# model. CoupledMambaEncoder takes the MAMBA_ENCODER_FIELDS as keywords of the same names (see
+# CoupledMambaConfig.mamba_encoder_kwargs); CrossModalEncoder takes d_model, n_layers, norm_eps,
+# dropout and the CROSS_ATTENTION_FIELDS. Each model ignores the other's fields, which stay in
+# one config so that every saved config.json loads whatever model it names.
+MAMBA_ENCODER_FIELDS = (
+    "d_model", "n_layers", "norm_eps", "rescale_prenorm_residual", "inference_chunk", "d_state",
+    "d_conv", "expand", "dt_rank", "coupling", "coupling_mask", "dt_min", "dt_max", "dt_init",
+    "dt_scale", "dt_init_floor", "conv_bias", "bias", "scan_impl",
+)
+CROSS_ATTENTION_FIELDS = ("n_heads", "ffn_mult", "materialize_attention")
 # Keys that save_pretrained writes into config.json beside the config fields.
 METADATA_KEYS = ("model_name",)
 
@@ -55,7 +66,8 @@ class CoupledMambaConfig:
     task: str = "regression"  # "regression" | "classification" | "multilabel"
     num_outputs: int = 1  # O: 1 for regression, C classes, K labels
 
-    # --- coupled Mamba encoder (paper: d_model 128, 3 layers, expand 2, d_conv 4, d_state 64) ---
+    # --- coupled Mamba encoder (MAMBA_ENCODER_FIELDS; paper: d_model 128, 3 layers, expand 2,
+    # d_conv 4, d_state 64) ---------------------------------------------------------------------
     d_model: int = 128  # d, width of each modality's residual stream
     n_layers: int = 3  # coupled layers
     expand: int = 2  # E = expand * d
@@ -86,7 +98,7 @@ class CoupledMambaConfig:
     # every batch, so the model cannot memorise a sample by its noise.
     input_noise: float = 0.0
 
-    # --- cross-attention baseline --------------------------------------------------------------
+    # --- cross-attention baseline (CROSS_ATTENTION_FIELDS; the Mamba models ignore them) --------
     n_heads: int = 4  # H, d_model must be divisible by it
     ffn_mult: int = 4  # FFN width = ffn_mult * d
     materialize_attention: bool = False  # explicit softmax(QK^T) instead of SDPA
@@ -133,7 +145,7 @@ class CoupledMambaConfig:
             self.dt_rank = _default_dt_rank(self.d_state)
         _positive_int("dt_rank", self.dt_rank)
 
-        self.coupling = check_coupling(self.coupling, "coupling")
+        self.coupling = check_layer_options(self.coupling, self.scan_impl, self.dt_init)
         if self.coupling_mask is not None:
             self.coupling_mask = check_coupling_mask(self.coupling_mask, M, "coupling_mask")
 
@@ -141,8 +153,6 @@ class CoupledMambaConfig:
             _positive_float(name, getattr(self, name))
         if self.dt_min > self.dt_max:
             raise UserInputError(f"dt_min: {self.dt_min} is larger than dt_max = {self.dt_max}")
-        if self.dt_init not in ("random", "constant"):
-            raise UserInputError(f"dt_init: expected 'random' or 'constant', got {self.dt_init!r}")
         if self.pooling not in POOLINGS:
             raise UserInputError(f"pooling: unknown mode {self.pooling!r}; expected one of "
                                  f"{POOLINGS}")
@@ -153,9 +163,6 @@ class CoupledMambaConfig:
             raise UserInputError(f"input_noise: expected a std >= 0, got {self.input_noise!r}")
         if not isinstance(self.dropout, (int, float)) or not 0.0 <= self.dropout < 1.0:
             raise UserInputError(f"dropout: expected a probability in [0, 1), got {self.dropout!r}")
-        if self.scan_impl not in IMPLS:
-            raise UserInputError(f"scan_impl: unknown implementation {self.scan_impl!r}; "
-                                 f"expected one of {IMPLS}")
         if self.inference_chunk is not None:
             _positive_int("inference_chunk", self.inference_chunk)
         for name in ("conv_bias", "bias", "rescale_prenorm_residual", "materialize_attention"):
@@ -172,6 +179,10 @@ class CoupledMambaConfig:
     def d_inner(self) -> int:
         """E = expand * d_model, the scan's channel count."""
         return self.expand * self.d_model
+
+    def mamba_encoder_kwargs(self) -> dict:
+        """The MAMBA_ENCODER_FIELDS as keyword arguments of ``CoupledMambaEncoder``."""
+        return {name: getattr(self, name) for name in MAMBA_ENCODER_FIELDS}
 
     def replace(self, **changes) -> CoupledMambaConfig:
         """A validated copy with ``changes`` applied.

@@ -62,16 +62,9 @@ class CoupledMambaModel(MultimodalModel):
 
     def __init__(self, config: CoupledMambaConfig):
         super().__init__(config)
-        c = config
-        self.encoder = CoupledMambaEncoder(
-            c.n_modalities, c.d_model, c.n_layers, modality_names=c.modality_names,
-            norm_eps=c.norm_eps, rescale_prenorm_residual=c.rescale_prenorm_residual,
-            d_state=c.d_state, d_conv=c.d_conv, expand=c.expand, dt_rank=c.dt_rank,
-            coupling=c.coupling, coupling_mask=c.coupling_mask, dt_min=c.dt_min,
-            dt_max=c.dt_max, dt_init=c.dt_init, dt_scale=c.dt_scale,
-            dt_init_floor=c.dt_init_floor, conv_bias=c.conv_bias, bias=c.bias,
-            scan_impl=c.scan_impl, inference_chunk=c.inference_chunk,
-        )
+        self.encoder = CoupledMambaEncoder(config.n_modalities,
+                                           modality_names=config.modality_names,
+                                           **config.mamba_encoder_kwargs())
 
     def _describe_encoder(self) -> str:
         c = self.config

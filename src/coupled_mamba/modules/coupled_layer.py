@@ -48,11 +48,29 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import UserInputError
 from ..ops import IMPLS, coupled_selective_scan
 from ..ops._coupling import resolve_coupling
 from ._inputs import as_modality_list, check_sequences
 from .coupling import check_coupling, check_coupling_mask, masked_coupling_matrix
 from .layers import ModalityLayerNorm, ModalityLinear
+
+DT_INITS = ("random", "constant")
+
+
+def check_layer_options(coupling, scan_impl: str, dt_init: str) -> str | float:
+    """Validate the options a coupled layer shares with ``CoupledMambaConfig``; return the
+    coupling (a mode name or a float alpha).
+
+    The rules live here once: the layer checks its arguments with this function and the config
+    its fields, so whichever of the two public entry points a caller uses says the same thing.
+    """
+    if scan_impl not in IMPLS:
+        raise UserInputError(f"scan_impl: unknown implementation {scan_impl!r}; expected one of "
+                             f"{IMPLS}")
+    if dt_init not in DT_INITS:
+        raise UserInputError(f"dt_init: expected one of {DT_INITS}, got {dt_init!r}")
+    return check_coupling(coupling)
 
 
 class _CoupledSSM(nn.Module):
@@ -93,10 +111,7 @@ class _CoupledSSM(nn.Module):
     ):
         super().__init__()
         M = n_modalities
-        if scan_impl not in IMPLS:
-            raise ValueError(f"scan_impl: unknown implementation {scan_impl!r}; expected {IMPLS}")
-        if dt_init not in ("random", "constant"):
-            raise ValueError(f"dt_init: expected 'random' or 'constant', got {dt_init!r}")
+        coupling = check_layer_options(coupling, scan_impl, dt_init)
         factory = {"device": device, "dtype": dtype}
         self.n_modalities, self.d_model, self.d_state, self.d_conv = M, d_model, d_state, d_conv
         self.d_inner = E = expand * d_model
@@ -122,7 +137,7 @@ class _CoupledSSM(nn.Module):
         self.A_log._no_weight_decay = True
         self.D._no_weight_decay = True
 
-        self.coupling = check_coupling(coupling)
+        self.coupling = coupling
         mask = None
         if coupling_mask is not None:
             mask = torch.tensor(check_coupling_mask(coupling_mask, M), dtype=torch.bool)

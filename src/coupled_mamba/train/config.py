@@ -23,10 +23,10 @@ from typing import Any
 
 import yaml
 
+from .._tasks import TASKS
+from ..data.loading import FORMATS
 from ..errors import UserInputError
 
-TASKS = ("regression", "classification", "multilabel")
-FORMATS = ("auto", "mmsa", "mogonet", "mmimdb", "npz")
 # Keys of CoupledMambaConfig that come from the data, never from the user's model section.
 DATA_DERIVED_MODEL_KEYS = ("input_dims", "modality_names", "task", "num_outputs")
 
