@@ -72,3 +72,15 @@ def test_explicit_only_dict_keeps_the_rule_for_other_keys():
     a, b = _prepared(cfg), _prepared(again)
     assert apply_data_defaults(cfg, a) == apply_data_defaults(again, b)
     assert cfg.to_dict() == again.to_dict()
+
+
+def test_keys_a_registered_model_fixes_are_left_to_it(recwarn):
+    from coupled_mamba.models import create_model
+
+    coupled = load_config(None, [])
+    avg = load_config(None, ["model.name=avg_fusion"])
+    assert "model.fusion=concat" in apply_data_defaults(coupled, _prepared(coupled))
+    assert not any(a.startswith("model.fusion") for a in apply_data_defaults(avg, _prepared(avg)))
+    model = create_model("avg_fusion", input_dims=[3, 2], **avg.model.params)
+    assert model.config.fusion == "mean"
+    assert not [w for w in recwarn if "fixes fusion" in str(w.message)]

@@ -34,7 +34,7 @@ def main(argv=None) -> int:
     out = Path(args.out)
     data = out / "data"
     write_npz_folder(make_synthetic(**DEMO_DATA), data)
-    base = ["train", "--config", str(Path(__file__).parents[1] / "configs" / "demo.yaml"),
+    base = ["train", "--config", str(Path(__file__).parents[3] / "configs" / "demo.yaml"),
             "--data", str(data), "--device", "cuda", "--quiet", "--epochs", str(args.epochs),
             "--set", f"model.scan_impl={args.scan_impl}"]
     results = {}

@@ -3,8 +3,9 @@
     python -m coupled_mamba.bench.step_compare --base REV --out benchmarks/results/step_compare.json
 
 Shapes: B batch, L length, M = 3 modalities. Models: the default model (``CoupledMambaConfig``'s
-defaults: d_model 128, 3 layers, d_state 64; B = 32, L = 50) and the demo model (the model
-section of ``configs/demo.yaml``; B = 128 and L = 24 as the demo trains it), both on the
+defaults: d_model 128, 3 layers, d_state 64; B = 32, L = 50) and the demo model (the small model
+of the data defaults, ``coupled_mamba.train.defaults``; B = 128 and L = 24 as the demo trains
+it), both on the
 synthetic benchmark's input widths (16, 8, 12). A step is zero_grad, forward, L1 loss, backward
 and an Adam update.
 
@@ -32,7 +33,8 @@ from pathlib import Path
 # Model fields (CoupledMambaConfig) and batch shape of each benchmarked model.
 MODELS = {
     "default": ({}, {"batch": 32, "length": 50}),
-    "demo": ("configs/demo.yaml", {"batch": 128, "length": 24}),
+    "demo": ({"d_model": 32, "n_layers": 2, "d_state": 16, "proj_hidden": 64, "head_hidden": 32},
+             {"batch": 128, "length": 24}),
 }
 INPUT_DIMS = [16, 8, 12]  # the synthetic benchmark's text, audio, vision widths
 
@@ -73,19 +75,10 @@ for line in sys.stdin:
 """
 
 
-def model_specs(repo: Path) -> dict:
+def model_specs() -> dict:
     """{name: {"fields": config fields, "batch": B, "length": L}} for :data:`MODELS`."""
-    import yaml
-
-    specs = {}
-    for name, (source, shape) in MODELS.items():
-        if isinstance(source, str):
-            section = yaml.safe_load((repo / source).read_text())["model"]
-            fields = {k: v for k, v in section.items() if k != "name"}
-        else:
-            fields = dict(source)
-        specs[name] = {"fields": {**fields, "input_dims": INPUT_DIMS}, **shape}
-    return specs
+    return {name: {"fields": {**fields, "input_dims": INPUT_DIMS}, **shape}
+            for name, (fields, shape) in MODELS.items()}
 
 
 class Worker:
@@ -120,7 +113,7 @@ def compare(repo: Path, base: str, threads: int, warmup: int, steps: int, rounds
     """Time both versions alternately; returns the result record (module docstring)."""
     from .environment import environment_info
 
-    specs = model_specs(repo)
+    specs = model_specs()
     rng = random.Random(seed)
     with tempfile.TemporaryDirectory(prefix="step_compare_") as tmp:
         tree = Path(tmp) / "base"

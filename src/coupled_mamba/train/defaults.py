@@ -12,15 +12,19 @@ The rule:
   rule;
 - Gaussian noise of std 0.5 on the standardised inputs in training (``model.input_noise``): a
   few thousand samples are otherwise memorised by their noise before the rule is found;
+- the pooled modality vectors concatenated before the head (``model.fusion`` concat): a weighted
+  mean mixes the channel in which one chain has detected a cross-modal event with the other
+  chains' unrelated channels, and the head then needs many more epochs to find it;
 - step sizes dt initialised log-uniform in [1/L, 1], i.e. memory timescales from one step to the
   whole sequence (Mamba's [0.001, 0.1] suits language models over thousands of tokens; over
   L = 40 steps it cannot tell an event 3 steps back from one 5 steps back, and dt also scales the
   input written into the state);
 - AdamW (lr 3e-3, weight decay on weight matrices only) with one warm-up epoch and a cosine
-  decay over the epochs; the model of the best validation epoch is kept, judged by the loss for
-  regression and by the task's primary metric (macro F1, micro F1) for classification and
-  multi-label: once a classifier memorises its training set, its validation cross-entropy grows
-  with overconfidence while its accuracy still improves, so the loss picks an early epoch.
+  decay over 60 epochs (rules are often found late, after a plateau); the model of the best
+  validation epoch is kept, judged by the loss for regression and by the task's primary metric
+  (macro F1, micro F1) for classification and multi-label: once a classifier memorises its
+  training set, its validation cross-entropy grows with overconfidence while its accuracy still
+  improves, so the loss picks an early epoch.
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ def data_defaults(n_train: int, seq_len: int, input_dims: list[int],
         "model.head_hidden": width,
         "model.dropout": 0.0,
         "model.input_noise": 0.5,
+        "model.fusion": "concat",
         "model.dt_min": round(1.0 / max(2, seq_len), 6),
         "model.dt_max": 1.0,
         "train.optimizer": "adamw",
@@ -49,7 +54,7 @@ def data_defaults(n_train: int, seq_len: int, input_dims: list[int],
         "train.weight_decay": 0.05,
         "train.scheduler": "warmup_cosine",
         "train.warmup_epochs": 1.0,
-        "train.epochs": 30,
+        "train.epochs": 60,
         "train.patience": 0,
         "train.select_on": "loss" if task == "regression" else "primary",
     }
@@ -59,18 +64,22 @@ def apply_data_defaults(cfg, prepared) -> list[str]:
     """Fill the keys of :func:`data_defaults` that ``cfg`` does not set explicitly (in place).
 
     Returns the ``key=value`` strings applied, for the run's log. Keys of the model section only
-    apply to models that have them (all registered models share one config).
+    apply to models that have them (all registered models share one config); a key that the
+    registered model fixes (``avg_fusion``'s fusion) is left to the model.
     """
+    from ..models import model_entry
+
     if not cfg.auto_defaults:
         return []
+    fixed = set(model_entry(cfg.model.name).overrides)
     seq_len = int(next(iter(prepared.train.modalities.values())).shape[1])
     rule = data_defaults(len(prepared.train), seq_len, list(prepared.input_dims),
                          prepared.task)
     applied = []
     for key, value in rule.items():
-        if key in cfg.explicit:
-            continue
         section, _, name = key.partition(".")
+        if key in cfg.explicit or (section == "model" and name in fixed):
+            continue
         if section == "model":
             cfg.model.params[name] = value
         else:
