@@ -138,5 +138,6 @@ def test_wheel_installs_into_a_fresh_venv_and_runs_the_demo(wheel, tmp_path):
     rows = [line.split() for line in demo.stdout.splitlines()
             if line.startswith(("coupled_mamba ", "mamba_fusion "))]
     assert [r[0] for r in rows] == ["coupled_mamba", "mamba_fusion"], demo.stdout
-    for row in rows:  # params, time, six metrics
-        assert len(row) == 9 and all(0.0 <= float(v) <= 10.0 for v in row[3:]), row
+    for row in rows:  # name, params, time, five metrics, gap closed, rule found or not
+        assert len(row) == 10 and all(0.0 <= float(v) <= 10.0 for v in row[3:8]), row
+        assert abs(float(row[8])) < 100 and row[9] in ("found", "not"), row
