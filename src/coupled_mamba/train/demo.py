@@ -10,7 +10,7 @@
    side with the share of the gap between a predictor that ignores cross-modal timing and the
    oracle that each closes (``coupled_mamba.data.interaction.References``).
 
-Budget: about 5 minutes with one thread on a 2-core machine, the one-off compile of the CPU scan
+Budget: about 6 minutes with one thread on a 2-core machine, the one-off compile of the CPU scan
 kernel included.
 """
 
