@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from coupled_mamba.data.interaction import SOLVED_GAP
+from coupled_mamba.data.interaction import SOLVED_GAP, SUITE, make_interaction, scaled
 
 # The demo's experiment config (configs/demo.yaml holds the same; a test keeps them equal): the
 # data defaults with a shorter schedule than their 60 epochs, to fit the demo's time budget.
@@ -34,8 +34,8 @@ DEMO_CONFIG: dict = {
     "train": {"recipe": "auto", "epochs": 30, "seed": 1111, "n_seeds": 1, "device": "cpu",
               "tensorboard": False},
 }
-# Benchmark size: make_synthetic(n_train, n_valid, n_test, seq_len, seed); the data seed is fixed,
-# so --seed changes only the training.
+# Benchmark size (split sizes, L, data seed) of the embedded setting; the data seed is fixed, so
+# --seed changes only the training.
 DEMO_DATA = {"n_train": 6000, "n_valid": 500, "n_test": 1000, "seq_len": 24, "seed": 0}
 DEMO_MODELS = ("coupled_mamba", "mamba_fusion")
 TABLE_METRICS = ("Non0_acc_2", "Has0_acc_2", "Mult_acc_7", "MAE", "Corr")
@@ -44,8 +44,6 @@ TABLE_METRICS = ("Non0_acc_2", "Has0_acc_2", "Mult_acc_7", "MAE", "Corr")
 def demo_data():
     """The demo's benchmark (:data:`DEMO_DATA`) and its test-split References (oracle and the best
     predictor without cross-modal timing), from the interaction suite's embedded setting."""
-    from coupled_mamba.data.interaction import SUITE, make_interaction, scaled
-
     d = DEMO_DATA
     setting = scaled(SUITE["embedded"], n_train=d["n_train"], n_valid=d["n_valid"],
                      n_test=d["n_test"], seq_len=d["seq_len"])
