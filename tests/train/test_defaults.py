@@ -84,3 +84,24 @@ def test_keys_a_registered_model_fixes_are_left_to_it(recwarn):
     model = create_model("avg_fusion", input_dims=[3, 2], **avg.model.params)
     assert model.config.fusion == "mean"
     assert not [w for w in recwarn if "fixes fusion" in str(w.message)]
+
+
+def test_wide_modalities_are_reduced_to_their_components(tmp_path):
+    from coupled_mamba.models import from_pretrained
+
+    cfg = load_config(None, ["model.d_model=8", "model.d_state=4", "train.epochs=1",
+                             "train.batch_size=8", "train.progress=false",
+                             "train.tensorboard=false"])
+    prepared = _prepared(cfg, dims=(3, 70))  # noise only: the wide one keeps one component
+    res = train_run(cfg, tmp_path / "run", prepared=prepared)
+    assert "model.input_ranks=[0, 1]" in res["data_defaults"]
+    saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert saved["model"]["input_ranks"] == [0, 1]
+    model = from_pretrained(tmp_path / "run" / "seed_1111" / "best")
+    expected = prepared.input_spectrum(1, 1).vectors[:, :1]
+    assert model.projections[1][0].in_features == 1
+    assert abs(float((model.input_norms[1].components.numpy() * expected).sum())) > 0.9999
+    # A user's ranks are theirs.
+    mine = load_config(None, ["model.input_ranks=[0, 5]"])
+    assert not any("input_ranks" in a for a in apply_data_defaults(mine, _prepared(mine, dims=(3, 70))))
+    assert mine.model.params["input_ranks"] == [0, 5]

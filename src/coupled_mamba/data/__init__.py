@@ -27,7 +27,7 @@ from .mmimdb import read_mmimdb
 from .mmsa import mmsa_to_npz, read_mmsa_pickle, write_mmsa_pickle
 from .mogonet import read_mogonet
 from .npz import read_npz_folder, write_npz_folder
-from .statistics import feature_statistics
+from .statistics import Spectrum, feature_statistics, principal_components
 from .synthetic import make_synthetic, timing_score
 from .torch_dataset import MultimodalTorchDataset, collate
 
@@ -38,6 +38,7 @@ __all__ = [
     "DataFormatError",
     "MultimodalData",
     "MultimodalTorchDataset",
+    "Spectrum",
     "Split",
     "align_data",
     "align_split",
@@ -50,6 +51,7 @@ __all__ = [
     "load_dataset",
     "make_synthetic",
     "mmsa_to_npz",
+    "principal_components",
     "read_mmimdb",
     "read_mmsa_pickle",
     "read_mogonet",

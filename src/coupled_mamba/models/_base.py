@@ -50,10 +50,13 @@ class MultimodalModel(nn.Module):
         if not isinstance(config, CoupledMambaConfig):
             raise ValueError(f"config: expected a CoupledMambaConfig, got {type(config).__name__}")
         self.config = config
-        self.input_norms = nn.ModuleList(FeatureStandardize(d_m) for d_m in config.input_dims)
+        ranks = config.input_ranks or [0] * config.n_modalities
+        self.input_norms = nn.ModuleList(FeatureStandardize(d_m, r)
+                                         for d_m, r in zip(config.input_dims, ranks, strict=True))
         self.projections = nn.ModuleList(
-            ModalityProjection(d_m, config.proj_hidden, config.d_model, config.norm_eps)
-            for d_m in config.input_dims
+            ModalityProjection(norm.out_features, config.proj_hidden, config.d_model,
+                               config.norm_eps)
+            for norm in self.input_norms
         )
         self.head = PoolFuseHead(
             config.n_modalities, config.d_model, config.num_outputs, pooling=config.pooling,
@@ -77,12 +80,18 @@ class MultimodalModel(nn.Module):
     def project(self, xs: list[torch.Tensor]) -> list[torch.Tensor]:
         """Standardise and project M raw inputs (B, [L,] d_m) to (B, [L,] d_model)."""
         noise = self.config.input_noise if self.training else 0.0
-        return [proj(norm(x) + noise * torch.randn_like(x) if noise else norm(x))
-                for norm, proj, x in zip(self.input_norms, self.projections, xs, strict=True)]
+        out = []
+        for norm, proj, x in zip(self.input_norms, self.projections, xs, strict=True):
+            z = norm(x)  # (B, [L,] d_m) or (B, [L,] rank_m) when reduced
+            out.append(proj(z + noise * torch.randn_like(z) if noise else z))
+        return out
 
-    def set_input_statistics(self, means, stds) -> None:
+    def set_input_statistics(self, means, stds, components=None) -> None:
         """Per-feature mean and std of each modality's training inputs: M arrays (d_m,) each
-        (``coupled_mamba.data.feature_statistics`` computes them over valid steps)."""
+        (``coupled_mamba.data.feature_statistics`` computes them over valid steps); with
+        ``config.input_ranks``, ``components`` holds M arrays (d_m, rank_m) of leading principal
+        directions of the standardised inputs, None where rank_m is 0
+        (``coupled_mamba.data.principal_components``)."""
         if len(means) != len(self.input_norms) or len(stds) != len(self.input_norms):
             raise ValueError(f"set_input_statistics: expected {len(self.input_norms)} means and "
                              f"stds, got {len(means)} and {len(stds)}")
@@ -92,7 +101,8 @@ class MultimodalModel(nn.Module):
                 raise ValueError(f"set_input_statistics: modality {m} expects "
                                  f"({norm.shift.numel()},) statistics, got {shapes[0]} and "
                                  f"{shapes[1]}")
-            norm.set_statistics(mean, std)
+            norm.set_statistics(mean, std, components=None if components is None
+                                else components[m])
 
     @property
     def weight_dtype(self) -> torch.dtype:

@@ -50,6 +50,20 @@ def _positive_float(name: str, value) -> None:
         raise UserInputError(f"{name}: expected a positive number, got {value!r}")
 
 
+def _input_ranks(ranks, dims: list[int]) -> list[int]:
+    """Validate ``input_ranks``: M integers with 0 <= rank_m <= d_m."""
+    if isinstance(ranks, tuple):
+        ranks = list(ranks)
+    if not isinstance(ranks, list) or len(ranks) != len(dims):
+        raise UserInputError(f"input_ranks: expected a list of M = {len(dims)} integers (0 keeps "
+                             f"every feature), got {ranks!r}")
+    for m, (r, d) in enumerate(zip(ranks, dims, strict=True)):
+        if not isinstance(r, int) or isinstance(r, bool) or not 0 <= r <= d:
+            raise UserInputError(f"input_ranks[{m}]: expected an integer in [0, {d}] (the "
+                                 f"modality has {d} features), got {r!r}")
+    return ranks
+
+
 @dataclass
 class CoupledMambaConfig:
     """Hyperparameters of a multimodal model; paper defaults (docs/MATH.md, section 4).
@@ -89,6 +103,9 @@ class CoupledMambaConfig:
     inference_chunk: int | None = 128  # steps per encoder chunk without autograd; None: whole L
 
     # --- input projection and head -------------------------------------------------------------
+    # Per modality: project the standardised inputs onto this many leading principal components
+    # of the training split before the projection (0: keep every feature); None: no reduction.
+    input_ranks: list[int] | None = None
     proj_hidden: int = 256  # Linear(d_m, 256) -> LN -> ReLU -> Linear(256, d) -> LN
     pooling: str = "max"  # "max" | "mean" | "last" (over valid steps)
     fusion: str = "softmax"  # "softmax" (learned weights) | "mean" (plain average) | "concat"
@@ -129,6 +146,9 @@ class CoupledMambaConfig:
         if len(set(names)) != M:
             raise UserInputError(f"modality_names: names must be unique, got {names}")
         self.modality_names = names
+
+        if self.input_ranks is not None:
+            self.input_ranks = _input_ranks(self.input_ranks, dims)
 
         if self.task not in TASKS:
             raise UserInputError(f"task: unknown task {self.task!r}; expected one of {TASKS}")

@@ -87,28 +87,57 @@ class ModalityLayerNorm(nn.Module):
 
 
 class FeatureStandardize(nn.Module):
-    """Per-feature affine standardisation ``(x - shift) * scale`` of one modality's raw inputs.
+    """Per-feature affine standardisation ``(x - shift) * scale`` of one modality's raw inputs,
+    optionally followed by a fixed projection onto ``rank`` principal components.
 
-    (..., d_m) -> (..., d_m). Identity until :meth:`set_statistics` is called with statistics of
-    the training split; the buffers are saved with the weights, so a loaded model standardises new
-    data exactly as it did in training. Features of very different scales (omics views, unscaled
-    acoustic descriptors) otherwise let a few columns dominate the first linear layer's gradient.
+    (..., d_m) -> (..., d_m), or (..., rank) when ``rank`` > 0. Identity (and the first ``rank``
+    coordinates) until :meth:`set_statistics` is called with statistics of the training split; the
+    buffers are saved with the weights, so a loaded model transforms new data exactly as it did in
+    training. Features of very different scales (omics views, unscaled acoustic descriptors)
+    otherwise let a few columns dominate the first linear layer's gradient. The projection is
+    fixed, not learned: hundreds of mostly-noise features give a small training set enough
+    directions to memorise it by its noise (docs/TRAINING.md, finding 13).
     """
 
-    def __init__(self, d: int):
+    def __init__(self, d: int, rank: int = 0):
         super().__init__()
+        if not 0 <= rank <= d:
+            raise ValueError(f"rank: expected 0 <= rank <= d = {d}, got {rank}")
+        self.d, self.rank = d, rank
         self.register_buffer("shift", torch.zeros(d))
         self.register_buffer("scale", torch.ones(d))
+        if rank:
+            self.register_buffer("components", torch.eye(d, rank))  # (d, rank)
+
+    @property
+    def out_features(self) -> int:
+        return self.rank or self.d
 
     @torch.no_grad()
-    def set_statistics(self, mean: torch.Tensor, std: torch.Tensor, eps: float = 1e-6) -> None:
-        """mean, std: (d_m,). Columns with std <= eps (constant features) are only centred."""
+    def set_statistics(self, mean: torch.Tensor, std: torch.Tensor, eps: float = 1e-6,
+                       components: torch.Tensor | None = None) -> None:
+        """mean, std: (d_m,). Columns with std <= eps (constant features) are only centred.
+        components: (d_m, rank) orthonormal directions in the standardised feature space; needed
+        exactly when ``rank`` > 0."""
         std = torch.as_tensor(std, dtype=self.scale.dtype)
         self.shift.copy_(torch.as_tensor(mean, dtype=self.shift.dtype))
         self.scale.copy_(torch.where(std > eps, 1.0 / std.clamp_min(eps), torch.ones_like(std)))
+        if (components is None) != (self.rank == 0):
+            raise ValueError(f"set_statistics: rank {self.rank} needs "
+                             f"{'(d, rank) components' if self.rank else 'no components'}")
+        if components is not None:
+            comp = torch.as_tensor(components, dtype=self.components.dtype)
+            if comp.shape != self.components.shape:
+                raise ValueError(f"set_statistics: components must have shape "
+                                 f"{tuple(self.components.shape)}, got {tuple(comp.shape)}")
+            self.components.copy_(comp)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return (x - self.shift.to(x.dtype)) * self.scale.to(x.dtype)
+        z = (x - self.shift.to(x.dtype)) * self.scale.to(x.dtype)
+        return z @ self.components.to(x.dtype) if self.rank else z
+
+    def extra_repr(self) -> str:
+        return f"d={self.d}" + (f", rank={self.rank}" if self.rank else "")
 
 
 class ModalityProjection(nn.Sequential):

@@ -48,6 +48,7 @@ class PreparedData:
     name: str
     notes: list[str]  # what was done to the data (carved valid split, missing rates), for logs
     _stats: tuple | None = field(default=None, repr=False)
+    _spectra: dict = field(default_factory=dict, repr=False)
 
     def input_statistics(self) -> tuple[list[np.ndarray], list[np.ndarray]]:
         """Per-feature (means, stds) of the training split, M arrays (d_m,) each (computed once)."""
@@ -56,6 +57,37 @@ class PreparedData:
 
             self._stats = feature_statistics(self.train, self.modality_names)
         return self._stats
+
+    def input_spectrum(self, m: int, q: int, standardized: bool = True):
+        """The q leading principal components (a ``coupled_mamba.data.Spectrum``) of modality m's
+        training inputs, standardised with :meth:`input_statistics` or raw; cached."""
+        from coupled_mamba.data import principal_components
+
+        key = (m, standardized)
+        cached = self._spectra.get(key)
+        if cached is None or len(cached.values) < min(q, self.input_dims[m]):
+            d = self.input_dims[m]
+            mean, std = ((self.input_statistics()[0][m], self.input_statistics()[1][m])
+                         if standardized else (np.zeros(d), np.ones(d)))
+            cached = principal_components(self.train, self.modality_names[m], mean, std, q)
+            self._spectra[key] = cached
+        return cached
+
+    def input_transform(self, ranks: list[int] | None, standardized: bool):
+        """(means, stds, components) for ``model.set_input_statistics``: the training split's
+        per-feature statistics (zeros and ones when not ``standardized``) and, for every modality
+        with a rank > 0 in ``ranks``, its (d_m, rank) leading principal directions (None where
+        the rank is 0; components None without ranks)."""
+        if standardized:
+            means, stds = self.input_statistics()
+        else:
+            means = [np.zeros(d, np.float32) for d in self.input_dims]
+            stds = [np.ones(d, np.float32) for d in self.input_dims]
+        if not ranks or not any(ranks):
+            return means, stds, None
+        comps = [self.input_spectrum(m, r, standardized).vectors[:, :r] if r else None
+                 for m, r in enumerate(ranks)]
+        return means, stds, comps
 
     def splits(self) -> dict[str, Any]:
         out = {"train": self.train, "valid": self.valid}

@@ -206,8 +206,9 @@ def _train_seed(cfg, prepared, seed, seed_dir, resume, dist, device, callbacks, 
     t = cfg.train
     seed_everything(seed)
     model = builder(cfg, prepared)
-    if cfg.data.standardize and hasattr(model, "set_input_statistics"):
-        model.set_input_statistics(*prepared.input_statistics())
+    ranks = getattr(getattr(model, "config", None), "input_ranks", None)
+    if hasattr(model, "set_input_statistics") and (cfg.data.standardize or ranks and any(ranks)):
+        model.set_input_statistics(*prepared.input_transform(ranks, cfg.data.standardize))
     # Dropout streams differ between ranks (model init above is the same on every rank, and
     # DDP broadcasts rank 0's weights anyway).
     torch.manual_seed(int(np.random.SeedSequence([seed, dist.rank]).generate_state(1)[0]))
