@@ -71,7 +71,7 @@ def test_absent_modality_semantics_of_coupled_mamba(make_config, make_inputs):
     torch.testing.assert_close(out_none, out_none[:1].expand(3, -1))
 
 
-@pytest.mark.parametrize("pooling", ["max", "mean", "last"])
+@pytest.mark.parametrize("pooling", ["max", "mean", "last", "max+mean+last"])
 def test_streaming_prediction_equals_forward_on_each_prefix(pooling, make_config, make_inputs,
                                                             make_mask):
     torch.manual_seed(0)

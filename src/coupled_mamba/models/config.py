@@ -15,7 +15,7 @@ from .._tasks import TASKS
 from ..errors import UserInputError
 from ..modules.coupled_layer import check_layer_options
 from ..modules.coupling import check_coupling_mask
-from ..modules.heads import FUSIONS, POOLINGS
+from ..modules.heads import FUSIONS, pooling_modes
 
 # Which fields configure which encoder; the others (data, input projection, head) serve every
 # model. CoupledMambaEncoder takes the MAMBA_ENCODER_FIELDS as keywords of the same names (see
@@ -107,7 +107,7 @@ class CoupledMambaConfig:
     # of the training split before the projection (0: keep every feature); None: no reduction.
     input_ranks: list[int] | None = None
     proj_hidden: int = 256  # Linear(d_m, 256) -> LN -> ReLU -> Linear(256, d) -> LN
-    pooling: str = "max"  # "max" | "mean" | "last" (over valid steps)
+    pooling: str = "max"  # "max" | "mean" | "last" (over valid steps), or joined: "max+last"
     fusion: str = "softmax"  # "softmax" (learned weights) | "mean" (plain average) | "concat"
     head_hidden: int = 64  # Linear(d, 64) -> ReLU -> Dropout -> Linear(64, O)
     dropout: float = 0.1
@@ -173,9 +173,10 @@ class CoupledMambaConfig:
             _positive_float(name, getattr(self, name))
         if self.dt_min > self.dt_max:
             raise UserInputError(f"dt_min: {self.dt_min} is larger than dt_max = {self.dt_max}")
-        if self.pooling not in POOLINGS:
-            raise UserInputError(f"pooling: unknown mode {self.pooling!r}; expected one of "
-                                 f"{POOLINGS}")
+        try:
+            pooling_modes(self.pooling)
+        except ValueError as exc:
+            raise UserInputError(str(exc)) from None
         if self.fusion not in FUSIONS:
             raise UserInputError(f"fusion: unknown mode {self.fusion!r}; expected one of {FUSIONS}")
         if (not isinstance(self.input_noise, (int, float)) or isinstance(self.input_noise, bool)

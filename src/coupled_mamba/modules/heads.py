@@ -3,6 +3,7 @@
 Shapes: M modalities, B batch, L length, d = d_model, O = number of outputs.
 
     p_m   = pool_{t valid}(x_m[t])                     max (default) | mean | last valid step
+            | concat(max, mean, last)                  several modes joined by "+", width k d
     f     = sum_m w_m p_m,  w = softmax(logits) renormalised over the available modalities
             | (1/M_avail) sum_m p_m                    ("mean")
             | concat_m(p_m)  (zeros for unavailable)   ("concat", width M * d)
@@ -24,17 +25,32 @@ POOLINGS = ("max", "mean", "last")
 FUSIONS = ("softmax", "mean", "concat")
 
 
+def pooling_modes(pooling: str) -> tuple[str, ...]:
+    """The modes of a pooling spec: one of POOLINGS or several joined by "+" ("max+last"), each
+    at most once. ValueError naming the spec otherwise."""
+    modes = tuple(pooling.split("+")) if isinstance(pooling, str) else ()
+    if not modes or any(m not in POOLINGS for m in modes) or len(set(modes)) != len(modes):
+        raise ValueError(f"pooling: unknown mode {pooling!r}; expected one of {POOLINGS} or "
+                         "several of them joined by '+' (e.g. 'max+mean+last')")
+    return modes
+
+
 def masked_pool(x: torch.Tensor, valid: torch.Tensor | None, mode: str):
     """Pool over the valid steps.
 
     Args:
         x: (M, B, L, d).
         valid: (M, B, L) bool (True = use the step) or None (all steps).
-        mode: "max", "mean" or "last" (the last valid step; masks are right-padded).
+        mode: "max", "mean" or "last" (the last valid step; masks are right-padded), or several
+            joined by "+", whose results are concatenated in that order.
 
     Returns:
-        pooled (M, B, d) (zeros where no step is valid) and available (M, B) bool.
+        pooled (M, B, k d) for k modes (zeros where no step is valid) and available (M, B) bool.
     """
+    modes = pooling_modes(mode)
+    if len(modes) > 1:
+        parts = [masked_pool(x, valid, m) for m in modes]
+        return torch.cat([p for p, _ in parts], dim=-1), parts[0][1]
     M, Bsz, L, _ = x.shape
     if valid is None:
         available = torch.ones(M, Bsz, dtype=torch.bool, device=x.device)
@@ -81,8 +97,11 @@ class ModalityFusion(nn.Module):
         avail = available.to(self.logits.dtype if self.logits is not None else torch.float32)
         # softmax(logits) * avail / sum equals a softmax over the available modalities only, but
         # stays finite when none is available (a masked softmax over all -inf would give NaN).
+        # The empty rows divide by 1, not by a clamped 0: the quotient rule's 1 / sum^2 would
+        # overflow there and turn the logits' gradient into NaN.
         base = self.logits.softmax(0)[None, :] * avail if self.logits is not None else avail
-        return base / base.sum(dim=1, keepdim=True).clamp(min=torch.finfo(base.dtype).tiny)
+        total = base.sum(dim=1, keepdim=True)
+        return base / torch.where(total > 0, total, torch.ones_like(total))
 
     def forward(self, pooled: torch.Tensor, available: torch.Tensor) -> torch.Tensor:
         """pooled: (M, B, d); available: (B, M) bool -> (B, d), or (B, M * d) for "concat"."""
@@ -120,10 +139,9 @@ class PoolFuseHead(nn.Module):
         dropout: float = 0.1,
     ):
         super().__init__()
-        if pooling not in POOLINGS:
-            raise ValueError(f"pooling: unknown mode {pooling!r}; expected one of {POOLINGS}")
+        width = len(pooling_modes(pooling)) * d_model
         self.pooling = pooling
-        self.fusion = ModalityFusion(n_modalities, d_model, fusion)
+        self.fusion = ModalityFusion(n_modalities, width, fusion)
         self.mlp = MLPHead(self.fusion.out_features, hidden, n_outputs, dropout)
 
     def forward(self, seqs, valid: torch.Tensor | None = None) -> torch.Tensor:
@@ -141,8 +159,9 @@ class PoolFuseHead(nn.Module):
 class StreamingPool:
     """Running pooling statistics, so a streaming model can emit a prediction after every step.
 
-    value: (M, B, d) running max / running sum / last valid output; count: (M, B) valid steps seen.
-    :meth:`result` equals :func:`masked_pool` over the steps seen so far.
+    value: (M, B, k d) running max / running sum / last valid output, one d-wide block per mode of
+    ``mode`` (k modes); count: (M, B) valid steps seen. :meth:`result` equals :func:`masked_pool`
+    over the steps seen so far.
     """
 
     mode: str
@@ -151,30 +170,32 @@ class StreamingPool:
 
     @classmethod
     def zeros(cls, mode: str, n_modalities: int, batch_size: int, d: int, device=None, dtype=None):
-        if mode not in POOLINGS:
-            raise ValueError(f"pooling: unknown mode {mode!r}; expected one of {POOLINGS}")
+        modes = pooling_modes(mode)
         dtype = dtype or torch.get_default_dtype()
-        fill = torch.finfo(dtype).min if mode == "max" else 0.0
-        value = torch.full((n_modalities, batch_size, d), fill, device=device, dtype=dtype)
+        value = torch.cat([torch.full((n_modalities, batch_size, d),
+                                      torch.finfo(dtype).min if m == "max" else 0.0,
+                                      device=device, dtype=dtype) for m in modes], dim=-1)
         count = torch.zeros(n_modalities, batch_size, dtype=torch.long, device=device)
         return cls(mode, value, count)
+
+    def _blocks(self, t: torch.Tensor):
+        modes = pooling_modes(self.mode)
+        return zip(modes, t.chunk(len(modes), dim=-1), strict=True)
 
     def update(self, x: torch.Tensor, valid: torch.Tensor | None) -> None:
         """x: (M, B, d) outputs at one step; valid: (M, B) bool or None."""
         v = torch.ones_like(self.count, dtype=torch.bool) if valid is None else valid
-        if self.mode == "max":
-            new = torch.maximum(self.value, x)
-        elif self.mode == "mean":
-            new = self.value + x
-        else:
-            new = x
-        self.value = torch.where(v[..., None], new, self.value)
+        new = []
+        for mode, old in self._blocks(self.value):
+            new.append(torch.maximum(old, x) if mode == "max" else old + x if mode == "mean"
+                       else x)
+        self.value = torch.where(v[..., None], torch.cat(new, dim=-1), self.value)
         self.count = self.count + v.long()
 
     def result(self):
-        """pooled (M, B, d) and available (M, B) bool, as :func:`masked_pool` returns them."""
+        """pooled (M, B, k d) and available (M, B) bool, as :func:`masked_pool` returns them."""
         available = self.count > 0
-        pooled = self.value
-        if self.mode == "mean":
-            pooled = pooled / self.count.clamp(min=1)[..., None].to(pooled.dtype)
+        blocks = [b / self.count.clamp(min=1)[..., None].to(b.dtype) if mode == "mean" else b
+                  for mode, b in self._blocks(self.value)]
+        pooled = torch.cat(blocks, dim=-1)
         return torch.where(available[..., None], pooled, 0.0), available
