@@ -83,8 +83,12 @@ def test_field_groups_match_the_encoders_keywords():
     fields are not forwarded to the Mamba encoder."""
     import inspect
 
-    from coupled_mamba.models.config import CROSS_ATTENTION_FIELDS, MAMBA_ENCODER_FIELDS
-    from coupled_mamba.modules import CoupledMambaEncoder
+    from coupled_mamba.models.config import (
+        CROSS_ATTENTION_FIELDS,
+        MAMBA2_ENCODER_FIELDS,
+        MAMBA_ENCODER_FIELDS,
+    )
+    from coupled_mamba.modules import CoupledMamba2Layer, CoupledMambaEncoder
     from coupled_mamba.modules.coupled_layer import CoupledMambaLayer, _CoupledSSM
 
     def keywords(cls):
@@ -93,12 +97,15 @@ def test_field_groups_match_the_encoders_keywords():
 
     # The encoder sets these for its layers itself, or they are not configuration.
     internal = {"self", "n_modalities", "modality_names", "residual_scale", "device", "dtype",
-                "layer_idx"}
+                "layer_idx", "layer"}
     wanted = (keywords(CoupledMambaEncoder) | keywords(CoupledMambaLayer)
               | keywords(_CoupledSSM)) - internal
     assert set(MAMBA_ENCODER_FIELDS) == wanted
+    wanted2 = (keywords(CoupledMambaEncoder) | keywords(CoupledMamba2Layer)) - internal
+    assert set(MAMBA2_ENCODER_FIELDS) == wanted2
     fields = set(CoupledMambaConfig.__dataclass_fields__)
     assert set(MAMBA_ENCODER_FIELDS) <= fields and set(CROSS_ATTENTION_FIELDS) <= fields
+    assert set(MAMBA2_ENCODER_FIELDS) <= fields
     assert not set(CROSS_ATTENTION_FIELDS) & set(MAMBA_ENCODER_FIELDS)
     cfg = CoupledMambaConfig(input_dims=[3, 2], d_state=8, dt_init="constant", coupling=0.5)
     assert cfg.mamba_encoder_kwargs() == {name: getattr(cfg, name) for name in wanted}

@@ -71,12 +71,14 @@ def test_absent_modality_semantics_of_coupled_mamba(make_config, make_inputs):
     torch.testing.assert_close(out_none, out_none[:1].expand(3, -1))
 
 
-@pytest.mark.parametrize("pooling", ["max", "mean", "last", "max+mean+last"])
-def test_streaming_prediction_equals_forward_on_each_prefix(pooling, make_config, make_inputs,
-                                                            make_mask):
+@pytest.mark.parametrize("name,pooling", [("coupled_mamba", p) for p in
+                                          ("max", "mean", "last", "max+mean+last")]
+                         + [("coupled_mamba2", "max+mean+last")])
+def test_streaming_prediction_equals_forward_on_each_prefix(name, pooling, make_config,
+                                                            make_inputs, make_mask):
     torch.manual_seed(0)
     cfg = make_config(pooling=pooling, coupling="learned", task="classification", num_outputs=3)
-    model = create_model("coupled_mamba", cfg).eval()
+    model = create_model(name, cfg).eval()
     with torch.no_grad():
         for layer in model.encoder.layers:
             layer.coupling_logits.normal_()

@@ -20,15 +20,18 @@ DIMS = {2: (6, 3), 3: (5, 7, 3)}
 
 def test_registry_lists_the_paper_models():
     names = list_models()
-    for name in ("coupled_mamba", "mamba_fusion", "avg_fusion", "concat_fusion", "cross_attention"):
+    for name in ("coupled_mamba", "mamba_fusion", "avg_fusion", "concat_fusion", "cross_attention",
+                 "coupled_mamba2", "mamba2_fusion"):
         assert name in names
     assert names == sorted(names)
     with pytest.raises(ValueError, match="unknown name 'mamba2'.*coupled_mamba"):
         create_model("mamba2", None)
     assert model_entry("avg_fusion").overrides == {"coupling": "none", "fusion": "mean"}
     assert model_entry("coupled_mamba").description
-    assert list_models("*fusion") == ["avg_fusion", "concat_fusion", "mamba_fusion"]
-    assert list_models("coupled_*") == ["coupled_mamba"] and list_models("nothing*") == []
+    assert list_models("*fusion") == ["avg_fusion", "concat_fusion", "mamba2_fusion",
+                                      "mamba_fusion"]
+    assert list_models("coupled_*") == ["coupled_mamba", "coupled_mamba2"]
+    assert list_models("nothing*") == []
 
 
 def test_create_model_takes_config_fields_as_keywords(make_config):

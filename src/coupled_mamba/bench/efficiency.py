@@ -50,6 +50,9 @@ from .memory import CudaPeak, PeakRSS, is_oom_error, run_isolated, time_calls
 VARIANTS: dict[str, tuple[str, dict]] = {
     "coupled_mamba": ("coupled_mamba", {}),
     "mamba_fusion": ("mamba_fusion", {}),
+    # Mamba-2 layers (one coupled SSD per layer, chunked matrix products) and their uncoupled twin.
+    "coupled_mamba2": ("coupled_mamba2", {}),
+    "mamba2_fusion": ("mamba2_fusion", {}),
     "cross_attention_sdpa": ("cross_attention", {"materialize_attention": False}),
     "cross_attention_materialized": ("cross_attention", {"materialize_attention": True}),
     # The coupled model with the pure-PyTorch scan whatever "auto" would pick (GPU comparisons).
@@ -147,9 +150,12 @@ def build_model(variant: str, settings: dict):
 
 def resolved_scan_impl(model, device) -> str | None:
     """Which scan implementation the model's ``scan_impl`` resolves to on ``device`` (None for
-    models without a scan)."""
+    models without a scan; "ssd-chunked" or "ssd-ref" for the Mamba-2 models)."""
+    from coupled_mamba.models import CoupledMamba2Model
     from coupled_mamba.ops import scan_backend
 
+    if isinstance(model, CoupledMamba2Model):
+        return "ssd-" + ("chunked" if model.config.ssd_impl == "auto" else model.config.ssd_impl)
     impl = getattr(model.config, "scan_impl", None)
     if model.model_name == "cross_attention" or impl is None:
         return None

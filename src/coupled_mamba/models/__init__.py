@@ -10,11 +10,13 @@ from ._base import MultimodalModel, from_pretrained
 from ._registry import create_model, list_models, model_entry, register_model
 from .config import TASKS, CoupledMambaConfig
 from .coupled_mamba import CoupledMambaModel, StreamState
+from .coupled_mamba2 import CoupledMamba2Model
 from .cross_attention import CrossAttentionModel
 
 __all__ = [
     "TASKS",
     "CoupledMambaConfig",
+    "CoupledMamba2Model",
     "CoupledMambaModel",
     "CrossAttentionModel",
     "MultimodalModel",

@@ -1,7 +1,8 @@
 """One typed configuration for every registered model (docs/MATH.md section 4 defaults).
 
 Symbols: M modalities, d_m input width of modality m, d = d_model, E = d_inner, N = d_state,
-R = dt_rank, K = d_conv. Saved as ``config.json`` next to the weights.
+R = dt_rank, K = d_conv; for Mamba-2 models P = headdim, H = E / P heads, G = ngroups, T =
+chunk_size. Saved as ``config.json`` next to the weights.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from ..errors import UserInputError
 from ..modules.coupled_layer import check_layer_options
 from ..modules.coupling import check_coupling_mask
 from ..modules.heads import FUSIONS, pooling_modes
+from ..ops import SSD_IMPLS
 
 # Which fields configure which encoder; the others (data, input projection, head) serve every
 # model. CoupledMambaEncoder takes the MAMBA_ENCODER_FIELDS as keywords of the same names (see
@@ -27,6 +29,12 @@ MAMBA_ENCODER_FIELDS = (
     "d_conv", "expand", "dt_rank", "coupling", "coupling_mask", "dt_min", "dt_max", "dt_init",
     "dt_scale", "dt_init_floor", "conv_bias", "bias", "scan_impl",
 )
+# The Mamba-2 models' encoder takes these (CoupledMambaConfig.mamba2_encoder_kwargs).
+MAMBA2_ENCODER_FIELDS = (
+    "d_model", "n_layers", "norm_eps", "rescale_prenorm_residual", "inference_chunk", "d_state",
+    "d_conv", "expand", "headdim", "ngroups", "chunk_size", "coupling", "coupling_mask",
+    "dt_min", "dt_max", "dt_init_floor", "conv_bias", "bias", "ssd_impl",
+)
 CROSS_ATTENTION_FIELDS = ("n_heads", "ffn_mult", "materialize_attention")
 # Keys that save_pretrained writes into config.json beside the config fields.
 METADATA_KEYS = ("model_name",)
@@ -34,6 +42,14 @@ METADATA_KEYS = ("model_name",)
 
 def _default_dt_rank(d_state: int) -> int:
     return max(1, d_state // 8)  # the paper's "timescale = d_state / 8"
+
+
+def _default_headdim(d_inner: int) -> int:
+    # Mamba-2's 64 channels per head when that leaves at least 4 heads; a smaller model keeps
+    # 4 heads (one decay rate per head: a single head would give all channels one timescale).
+    if d_inner % 64 == 0 and d_inner >= 256:
+        return 64
+    return d_inner // 4 if d_inner % 4 == 0 else d_inner
 
 
 def _default_names(n_modalities: int) -> list[str]:
@@ -101,6 +117,11 @@ class CoupledMambaConfig:
     norm_eps: float = 1e-5
     scan_impl: str = "auto"  # coupled_selective_scan impl: "auto" | "ref" | "torch" | "cpu" | ...
     inference_chunk: int | None = 128  # steps per encoder chunk without autograd; None: whole L
+    # Mamba-2 models only (coupled_mamba2, mamba2_fusion; the others ignore them):
+    headdim: int | None = None  # P, channels per head; None -> 64, or E / 4 below 4 heads of 64
+    ngroups: int = 1  # G, groups of the B/C projections (H % G == 0)
+    chunk_size: int = 64  # T, block length of the chunked SSD
+    ssd_impl: str = "auto"  # coupled_ssd impl: "auto" | "ref" | "chunked"
 
     # --- input projection and head -------------------------------------------------------------
     # Per modality: project the standardised inputs onto this many leading principal components
@@ -159,13 +180,19 @@ class CoupledMambaConfig:
             )
 
         for name in ("d_model", "n_layers", "expand", "d_conv", "d_state", "proj_hidden",
-                     "head_hidden", "n_heads", "ffn_mult"):
+                     "head_hidden", "n_heads", "ffn_mult", "ngroups", "chunk_size"):
             _positive_int(name, getattr(self, name))
         if self.dt_rank is None:
             self.dt_rank = _default_dt_rank(self.d_state)
         _positive_int("dt_rank", self.dt_rank)
+        if self.headdim is None:
+            self.headdim = _default_headdim(self.d_inner)
+        _positive_int("headdim", self.headdim)
 
         self.coupling = check_layer_options(self.coupling, self.scan_impl, self.dt_init)
+        if self.ssd_impl not in SSD_IMPLS:
+            raise UserInputError(f"ssd_impl: unknown implementation {self.ssd_impl!r}; expected "
+                                 f"one of {SSD_IMPLS}")
         if self.coupling_mask is not None:
             self.coupling_mask = check_coupling_mask(self.coupling_mask, M, "coupling_mask")
 
@@ -205,17 +232,24 @@ class CoupledMambaConfig:
         """The MAMBA_ENCODER_FIELDS as keyword arguments of ``CoupledMambaEncoder``."""
         return {name: getattr(self, name) for name in MAMBA_ENCODER_FIELDS}
 
+    def mamba2_encoder_kwargs(self) -> dict:
+        """The MAMBA2_ENCODER_FIELDS as keyword arguments of a Mamba-2 ``CoupledMambaEncoder``."""
+        return {name: getattr(self, name) for name in MAMBA2_ENCODER_FIELDS}
+
     def replace(self, **changes) -> CoupledMambaConfig:
         """A validated copy with ``changes`` applied.
 
         Derived fields that still hold their derived value are derived again from the new
         values: ``replace(d_state=16)`` gives ``dt_rank`` 2 unless ``dt_rank`` was set
-        explicitly, and a new ``input_dims`` renames default modality names. Unknown fields raise
+        explicitly (``headdim`` likewise follows ``d_model``), and a new ``input_dims`` renames
+        default modality names. Unknown fields raise
         ValueError naming them.
         """
         data = self.to_dict()
         if "dt_rank" not in changes and self.dt_rank == _default_dt_rank(self.d_state):
             data["dt_rank"] = None
+        if "headdim" not in changes and self.headdim == _default_headdim(self.d_inner):
+            data["headdim"] = None
         if ("modality_names" not in changes
                 and self.modality_names == _default_names(self.n_modalities)):
             data["modality_names"] = None

@@ -64,7 +64,11 @@ class CoupledMambaModel(MultimodalModel):
         super().__init__(config)
         self.encoder = CoupledMambaEncoder(config.n_modalities,
                                            modality_names=config.modality_names,
-                                           **config.mamba_encoder_kwargs())
+                                           **self._encoder_kwargs())
+
+    def _encoder_kwargs(self) -> dict:
+        """The encoder's arguments from the config (the Mamba-2 subclass picks its layer)."""
+        return self.config.mamba_encoder_kwargs()
 
     def _describe_encoder(self) -> str:
         c = self.config

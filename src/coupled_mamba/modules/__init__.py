@@ -8,6 +8,7 @@ the paper.
 from ._inputs import lengths_to_mask
 from .coupled_encoder import CoupledMambaCache, CoupledMambaEncoder
 from .coupled_layer import CoupledMambaLayer, CoupledMambaMixer
+from .coupled_mamba2_layer import CoupledMamba2Layer
 from .coupling import COUPLING_MODES, check_coupling, check_coupling_mask
 from .cross_modal import CrossModalBlock, CrossModalEncoder, MultiheadCrossAttention
 from .heads import (
@@ -19,12 +20,18 @@ from .heads import (
     StreamingPool,
     masked_pool,
 )
-from .layers import ModalityLayerNorm, ModalityLinear, ModalityProjection
+from .layers import (
+    ModalityGatedRMSNorm,
+    ModalityLayerNorm,
+    ModalityLinear,
+    ModalityProjection,
+)
 
 __all__ = [
     "COUPLING_MODES",
     "FUSIONS",
     "POOLINGS",
+    "CoupledMamba2Layer",
     "CoupledMambaCache",
     "CoupledMambaEncoder",
     "CoupledMambaLayer",
@@ -33,6 +40,7 @@ __all__ = [
     "CrossModalEncoder",
     "MLPHead",
     "ModalityFusion",
+    "ModalityGatedRMSNorm",
     "ModalityLayerNorm",
     "ModalityLinear",
     "ModalityProjection",

@@ -2,7 +2,8 @@
 section 4; docs/ARCHITECTURE.md).
 
 Shapes: M modalities, B batch, L length, d = d_model, E = d_inner, N = d_state, K = d_conv.
-The layers are :class:`~coupled_mamba.modules.coupled_layer.CoupledMambaLayer`; the residual
+The layers are :class:`~coupled_mamba.modules.coupled_layer.CoupledMambaLayer` (Mamba-1) or
+:class:`~coupled_mamba.modules.coupled_mamba2_layer.CoupledMamba2Layer` (Mamba-2); the residual
 streams are (M, B, L, d) between them.
 """
 
@@ -24,8 +25,10 @@ from .layers import ModalityLayerNorm
 class CoupledMambaCache:
     """Recurrent state of a :class:`CoupledMambaEncoder` for step-by-step inference.
 
-    conv_states: per layer (M, B, E, K), the last K inputs of each causal conv (oldest first).
-    ssm_states: per layer (M, B, E, N), the coupled SSM state h[t] of every modality.
+    conv_states: per layer (M, B, E, K), the last K inputs of each causal conv (oldest first);
+        (M, B, X, K) for Mamba-2 layers.
+    ssm_states: per layer (M, B, E, N), the coupled SSM state h[t] of every modality;
+        (M, B, H, P, N) for Mamba-2 layers.
     seqlen_offset: number of steps consumed so far.
     """
 
@@ -40,6 +43,9 @@ class CoupledMambaCache:
 
 class CoupledMambaEncoder(nn.Module):
     """n_layers coupled layers + a final per-modality LayerNorm.
+
+    ``layer`` is the layer class (:class:`CoupledMambaLayer` by default, or
+    :class:`CoupledMamba2Layer`); ``layer_kwargs`` go to each layer.
 
     Padding and missing modalities: the input of modality m at step t is replaced by zeros when
     the step is padding (mask False) or the modality is absent (present False), before the first
@@ -64,6 +70,7 @@ class CoupledMambaEncoder(nn.Module):
         norm_eps: float = 1e-5,
         rescale_prenorm_residual: bool = True,
         inference_chunk: int | None = 128,
+        layer: type[nn.Module] = CoupledMambaLayer,
         **layer_kwargs,
     ):
         super().__init__()
@@ -83,8 +90,7 @@ class CoupledMambaEncoder(nn.Module):
                              f"expected M = {n_modalities}")
         scale = 1.0 / math.sqrt(n_layers) if rescale_prenorm_residual else 1.0
         self.layers = nn.ModuleList(
-            CoupledMambaLayer(n_modalities, d_model, norm_eps=norm_eps, residual_scale=scale,
-                              **layer_kwargs)
+            layer(n_modalities, d_model, norm_eps=norm_eps, residual_scale=scale, **layer_kwargs)
             for _ in range(n_layers)
         )
         self.norm_f = ModalityLayerNorm(n_modalities, d_model, eps=norm_eps)

@@ -45,15 +45,13 @@ import math
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..errors import UserInputError
 from ..ops import IMPLS, coupled_selective_scan
-from ..ops._coupling import resolve_coupling
 from ._inputs import as_modality_list, check_sequences
-from .coupling import check_coupling, check_coupling_mask, masked_coupling_matrix
-from .layers import ModalityLayerNorm, ModalityLinear
+from .coupling import CouplingMixin, check_coupling
+from .layers import ModalityLayerNorm, ModalityLinear, causal_conv_silu
 
 DT_INITS = ("random", "constant")
 
@@ -73,7 +71,7 @@ def check_layer_options(coupling, scan_impl: str, dt_init: str) -> str | float:
     return check_coupling(coupling)
 
 
-class _CoupledSSM(nn.Module):
+class _CoupledSSM(CouplingMixin, nn.Module):
     """Parameters and computation shared by :class:`CoupledMambaMixer` and
     :class:`CoupledMambaLayer`: M Mamba mixers (own parameters) sharing one coupled scan, plus the
     layer's pre-norm when ``norm_eps`` is given. ``_mix`` takes and returns the modality-first
@@ -137,25 +135,7 @@ class _CoupledSSM(nn.Module):
         self.A_log._no_weight_decay = True
         self.D._no_weight_decay = True
 
-        self.coupling = coupling
-        mask = None
-        if coupling_mask is not None:
-            mask = torch.tensor(check_coupling_mask(coupling_mask, M), dtype=torch.bool)
-            if bool(mask.all()):
-                mask = None  # no restriction: keep the cheaper scalar forms
-        fixed = None
-        if mask is not None and self.coupling != "learned":
-            fixed = masked_coupling_matrix(self.coupling, mask).to(
-                device=device, dtype=dtype if dtype is not None else torch.float32)
-            mask = mask.to(device)
-        # Derived from the config, so not saved with the weights (persistent=False).
-        self.register_buffer("coupling_mask", mask, persistent=False)
-        self.register_buffer("fixed_coupling", fixed, persistent=False)
-        self.coupling_logits = None
-        if self.coupling == "learned":
-            self.coupling_logits = nn.Parameter(torch.zeros(M, M, **factory))
-            # Decay would pull the learned W towards uniform "mean" coupling: not a wanted prior.
-            self.coupling_logits._no_weight_decay = True
+        self._setup_coupling(coupling, coupling_mask, device, dtype)
         self.reset_parameters()
 
     @torch.no_grad()
@@ -186,25 +166,6 @@ class _CoupledSSM(nn.Module):
         if self.coupling_logits is not None:
             self.coupling_logits.zero_()
 
-    def coupling_matrix(self) -> torch.Tensor:
-        """The dense (M, M) coupling W this layer's scan uses (differentiable when learned)."""
-        M = self.n_modalities
-        if self.coupling_logits is not None:
-            logits = self.coupling_logits
-            if self.coupling_mask is not None:
-                logits = logits.masked_fill(~self.coupling_mask, float("-inf"))
-            return logits.softmax(dim=-1)
-        if self.fixed_coupling is not None:
-            return self.fixed_coupling
-        return resolve_coupling(self.coupling, M).dense(M, device=self.D.device,
-                                                        dtype=self.D.dtype)
-
-    def _scan_coupling(self):
-        # Scalar forms let the scan pick its cheap paths (diagonal, or one rank-1 scan).
-        if self.coupling_logits is None and self.fixed_coupling is None:
-            return self.coupling
-        return self.coupling_matrix().to(self.A_log.dtype)
-
     def _mix(self, h: torch.Tensor, state=None):
         """h: (M, B, L, d) -> out_proj(coupled SSM(h)) (M, B, L, d) [, new state].
 
@@ -213,27 +174,16 @@ class _CoupledSSM(nn.Module):
         layout (see the module docstring for the copies this costs and why).
         """
         M, Bsz, L, d = h.shape
-        E, K, R, N = self.d_inner, self.d_conv, self.dt_rank, self.d_state
+        E, R, N = self.d_inner, self.dt_rank, self.d_state
         # One GEMM per modality over all B*L steps; its result is (M, 2E, B, L) in memory.
         xz = self.in_proj.columns(h.reshape(M, Bsz * L, d).transpose(1, 2)).view(M, 2 * E, Bsz, L)
         u = xz[:, :E].transpose(1, 2).contiguous()  # (M, B, E, L): the conv's channels (m, b, e)
         z = xz[:, E:].transpose(1, 2)  # (M, B, E, L) view; the scan reads it as it is
         if state is None:
-            pad = K - 1  # causal: zero history, keep the first L outputs
+            u = causal_conv_silu(u, self.conv_weight, self.conv_bias)
         else:
-            conv_state, ssm_state = state  # the history is the last K - 1 conv inputs
-            u = torch.cat([conv_state[..., 1:].to(u.dtype), u], dim=-1)  # (M, B, E, K - 1 + L)
-            conv_state = u[..., -K:].contiguous()
-            pad = 0
-        # Depthwise causal conv of all M*B*E rows in one call: row (m, b, e) has channel (m, e)'s
-        # kernel, so the (M, E, K) kernel is repeated over the batch (cheap next to the rows).
-        rows = M * Bsz * E
-        weight = self.conv_weight[:, None].expand(M, Bsz, E, K).reshape(rows, 1, K)
-        bias = None
-        if self.conv_bias is not None:
-            bias = self.conv_bias[:, None].expand(M, Bsz, E).reshape(rows)
-        u = F.conv1d(u.reshape(1, rows, -1), weight, bias, padding=pad, groups=rows)
-        u = F.silu(u[..., :L]).view(M, Bsz, E, L)
+            conv_state, ssm_state = state
+            u, conv_state = causal_conv_silu(u, self.conv_weight, self.conv_bias, conv_state)
         # Selective parameters: x_proj over all B*L columns, then dt_proj on the dt rows.
         x = self.x_proj.columns(u.transpose(1, 2).reshape(M, E, Bsz * L)).view(M, R + 2 * N, Bsz, L)
         Bm, Cm = x[:, R:].transpose(1, 2).split(N, dim=2)  # (M, B, N, L) views
@@ -241,7 +191,7 @@ class _CoupledSSM(nn.Module):
         delta = delta.view(M, E, Bsz, L).transpose(1, 2)  # bias added inside the scan
         out = coupled_selective_scan(
             u, delta, -torch.exp(self.A_log), Bm, Cm, D=self.D, z=z,
-            delta_bias=self.dt_proj.bias, delta_softplus=True, coupling=self._scan_coupling(),
+            delta_bias=self.dt_proj.bias, delta_softplus=True, coupling=self._op_coupling(),
             initial_state=None if state is None else ssm_state,
             return_last_state=state is not None, impl=self.scan_impl,
         )

@@ -9,6 +9,7 @@ accepted values and their messages live here only.
 from __future__ import annotations
 
 import torch
+from torch import nn
 
 from ..errors import UserInputError
 from ..ops._coupling import resolve_coupling
@@ -73,3 +74,55 @@ def masked_coupling_matrix(coupling: str | float, mask: torch.Tensor) -> torch.T
     W = resolve_coupling(coupling, M).dense(M, dtype=torch.float64)
     masked = W * mask.to(torch.float64)
     return masked * (W.sum(1, keepdim=True) / masked.sum(1, keepdim=True))
+
+
+class CouplingMixin:
+    """The coupling of a coupled layer (Mamba-1's and Mamba-2's): its buffers, its learned logits
+    and the W it hands to the op. The layer calls :meth:`_setup_coupling` in ``__init__`` after
+    registering ``A_log`` and ``D`` (whose device and dtype W follows).
+
+    Registers: buffers ``coupling_mask`` (M, M) bool or None and ``fixed_coupling`` (M, M) or
+    None (derived from the config, not saved); parameter ``coupling_logits`` (M, M) when
+    coupling="learned" (W = row-softmax of the logits, zero-initialised: W starts at "mean").
+    """
+
+    def _setup_coupling(self, coupling: str | float, coupling_mask, device, dtype) -> None:
+        M = self.n_modalities
+        self.coupling = coupling
+        mask = None
+        if coupling_mask is not None:
+            mask = torch.tensor(check_coupling_mask(coupling_mask, M), dtype=torch.bool)
+            if bool(mask.all()):
+                mask = None  # no restriction: keep the cheaper scalar forms
+        fixed = None
+        if mask is not None and self.coupling != "learned":
+            fixed = masked_coupling_matrix(self.coupling, mask).to(
+                device=device, dtype=dtype if dtype is not None else torch.float32)
+            mask = mask.to(device)
+        self.register_buffer("coupling_mask", mask, persistent=False)
+        self.register_buffer("fixed_coupling", fixed, persistent=False)
+        self.coupling_logits = None
+        if self.coupling == "learned":
+            self.coupling_logits = nn.Parameter(torch.zeros(M, M, device=device, dtype=dtype))
+            # Decay would pull the learned W towards uniform "mean" coupling: not a wanted prior.
+            self.coupling_logits._no_weight_decay = True
+
+    def coupling_matrix(self) -> torch.Tensor:
+        """The dense (M, M) coupling W this layer's op uses (differentiable when learned)."""
+        M = self.n_modalities
+        if self.coupling_logits is not None:
+            logits = self.coupling_logits
+            if self.coupling_mask is not None:
+                logits = logits.masked_fill(~self.coupling_mask, float("-inf"))
+            return logits.softmax(dim=-1)
+        if self.fixed_coupling is not None:
+            return self.fixed_coupling
+        return resolve_coupling(self.coupling, M).dense(M, device=self.D.device,
+                                                        dtype=self.D.dtype)
+
+    def _op_coupling(self):
+        """The op's ``coupling`` argument: the scalar forms let it take its cheap paths
+        (diagonal, or one rank-one chain); a learned or masked W goes as its matrix."""
+        if self.coupling_logits is None and self.fixed_coupling is None:
+            return self.coupling
+        return self.coupling_matrix().to(self.A_log.dtype)

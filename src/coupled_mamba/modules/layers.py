@@ -156,3 +156,60 @@ class ModalityProjection(nn.Sequential):
             nn.Linear(hidden, d_model),
             nn.LayerNorm(d_model, eps=eps),
         )
+
+
+class ModalityGatedRMSNorm(nn.Module):
+    """M independent gated RMS norms, Mamba-2's norm before out_proj (mamba-ssm's
+    ``RMSNormGated`` with ``norm_before_gate=False``): ``rmsnorm(y * silu(z)) * weight``, the RMS
+    taken over groups of ``group_size`` channels.
+
+    Parameters: weight (M, E) (ones).
+    """
+
+    def __init__(self, n_modalities: int, d: int, group_size: int, eps: float = 1e-5,
+                 device=None, dtype=None):
+        super().__init__()
+        if d % group_size:
+            raise ValueError(f"group_size: {group_size} does not divide the {d} channels")
+        self.n_modalities, self.d, self.group_size, self.eps = n_modalities, d, group_size, eps
+        self.weight = nn.Parameter(torch.ones(n_modalities, d, device=device, dtype=dtype))
+
+    def forward(self, y: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """y, z: (M, ..., E) -> (M, ..., E)."""
+        g = (y * F.silu(z)).unflatten(-1, (-1, self.group_size))
+        g = g * torch.rsqrt(g.pow(2).mean(-1, keepdim=True) + self.eps)
+        shape = (self.n_modalities,) + (1,) * (y.dim() - 2) + (self.d,)
+        return g.flatten(-2) * self.weight.view(shape)
+
+    def extra_repr(self) -> str:
+        return f"M={self.n_modalities}, d={self.d}, group_size={self.group_size}, eps={self.eps}"
+
+
+def causal_conv_silu(u: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                     conv_state: torch.Tensor | None = None):
+    """SiLU of M per-modality causal depthwise convolutions, as the Mamba blocks apply them.
+
+    Args:
+        u: (M, B, C, L) inputs, contiguous: row (m, b, c) is one channel's sequence.
+        weight: (M, C, K) kernels; bias: (M, C) or None.
+        conv_state: None (zero history) or (M, B, C, K), the last K inputs before these L steps.
+
+    Returns:
+        (M, B, C, L); with ``conv_state`` also the new state (M, B, C, K) after the last step.
+    """
+    M, Bsz, C, L = u.shape
+    K = weight.shape[-1]
+    pad = K - 1  # causal: zero history, keep the first L outputs
+    new_state = None
+    if conv_state is not None:  # the history is the last K - 1 inputs
+        u = torch.cat([conv_state[..., 1:].to(u.dtype), u], dim=-1)  # (M, B, C, K - 1 + L)
+        new_state = u[..., -K:].contiguous()
+        pad = 0
+    # All M*B*C rows in one call: row (m, b, c) has channel (m, c)'s kernel, so the (M, C, K)
+    # kernel is repeated over the batch (cheap next to the rows).
+    rows = M * Bsz * C
+    w = weight[:, None].expand(M, Bsz, C, K).reshape(rows, 1, K)
+    b = None if bias is None else bias[:, None].expand(M, Bsz, C).reshape(rows)
+    out = F.silu(F.conv1d(u.reshape(1, rows, -1), w, b, padding=pad, groups=rows)[..., :L])
+    out = out.view(M, Bsz, C, L)
+    return out if conv_state is None else (out, new_state)

@@ -36,16 +36,18 @@ def _shape_error(name: str, t, expected: tuple, letters: str) -> None:
     raise ValueError(f"{name}: got shape {_shape(t)}, expected {letters} = {expected}")
 
 
-def _check_dtype(name: str, got: torch.dtype, dtype: torch.dtype, same_dtype: bool) -> None:
-    """Raise unless `got` is allowed for an argument next to u's `dtype`."""
+def _check_dtype(name: str, got: torch.dtype, dtype: torch.dtype, same_dtype: bool,
+                 ref: str = "u") -> None:
+    """Raise unless `got` is allowed for an argument next to the `dtype` of the op's main input
+    (named `ref`: u for the selective scan, x for the SSD)."""
     if got not in _SUPPORTED:
         raise ValueError(f"{name}: dtype {got} not supported; use fp32, fp64, fp16 or bf16")
     if same_dtype:
-        raise ValueError(f"{name}: dtype {got} differs from u's dtype {dtype}")
+        raise ValueError(f"{name}: dtype {got} differs from {ref}'s dtype {dtype}")
     if not (dtype in _HALF and got == torch.float32):
         raise ValueError(
-            f"{name}: dtype {got} differs from u's dtype {dtype} "
-            "(float32 is accepted when u is fp16/bf16)"
+            f"{name}: dtype {got} differs from {ref}'s dtype {dtype} "
+            f"(float32 is accepted when {ref} is fp16/bf16)"
         )
 
 
