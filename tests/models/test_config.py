@@ -109,3 +109,16 @@ def test_field_groups_match_the_encoders_keywords():
     assert not set(CROSS_ATTENTION_FIELDS) & set(MAMBA_ENCODER_FIELDS)
     cfg = CoupledMambaConfig(input_dims=[3, 2], d_state=8, dt_init="constant", coupling=0.5)
     assert cfg.mamba_encoder_kwargs() == {name: getattr(cfg, name) for name in wanted}
+
+
+def test_mamba2_head_size_follows_the_width():
+    """headdim None -> 64 (Mamba-2's) from 4 heads of 64, else d_inner / 4; it is re-derived by
+    replace() unless set explicitly."""
+    assert CoupledMambaConfig(input_dims=[3], d_model=128).headdim == 64  # E = 256: 4 heads
+    assert CoupledMambaConfig(input_dims=[3], d_model=32).headdim == 16  # E = 64: 4 heads
+    cfg = CoupledMambaConfig(input_dims=[3], d_model=32)
+    assert cfg.replace(d_model=256).headdim == 64
+    assert CoupledMambaConfig(input_dims=[3], d_model=32, headdim=8).replace(
+        d_model=256).headdim == 8
+    with pytest.raises(ValueError, match="ssd_impl"):
+        CoupledMambaConfig(input_dims=[3], ssd_impl="fast")

@@ -9,8 +9,9 @@ warm-up then median):
 1. inference at L in {250, 1000, 4000} for coupled_mamba (scan_impl "auto": the Triton kernel
    when it is installed and usable, else the pure-PyTorch scan), coupled_mamba with the
    pure-PyTorch scan (only when "auto" picked something else), coupled_mamba without chunked
-   inference (``inference_chunk`` None), mamba_fusion (uncoupled), and cross-attention with SDPA
-   and with materialised softmax(QK^T) weights;
+   inference (``inference_chunk`` None), mamba_fusion (uncoupled), coupled_mamba2 (Mamba-2
+   layers, the chunked coupled SSD), and cross-attention with SDPA and with materialised
+   softmax(QK^T) weights;
 2. one training step (forward + L1 loss + backward + Adam) at L = 1000 for the same models.
 
 Then it prints a compact table and the targets: coupled >= 2x faster and >= 85% less memory than
@@ -81,7 +82,7 @@ def main(argv=None) -> int:
             "coupled_selective_scan_", "")
     print(f"scan_impl auto -> {auto_impl}" + ("" if fn is not None or device == "cpu"
                                               else f" (Triton unusable: {reason})"))
-    variants = ["coupled_mamba", "mamba_fusion", "cross_attention_sdpa",
+    variants = ["coupled_mamba", "mamba_fusion", "coupled_mamba2", "cross_attention_sdpa",
                 "cross_attention_materialized"]
     if auto_impl != "torch" and not args.no_torch_scan:
         variants.insert(1, "coupled_mamba_torch_scan")
