@@ -146,3 +146,15 @@ def test_bad_head_sizes_name_the_option():
         CoupledMamba2Layer(M, D_MODEL, headdim=8, ngroups=3)
     with pytest.raises(UserInputError, match="ssd_impl"):
         CoupledMamba2Layer(M, D_MODEL, ssd_impl="cuda")
+
+
+def test_default_block_length_balances_the_two_ssd_costs():
+    from coupled_mamba.modules.coupled_mamba2_layer import ssd_chunk
+
+    # small model: 3 keys per step make wide score blocks, so short blocks; one key: longer
+    assert ssd_chunk(3, 16, 16) == 8 and ssd_chunk(1, 16, 16) == 16
+    assert ssd_chunk(3, 64, 64) == 32 and ssd_chunk(1, 64, 64) == 64  # the paper's sizes
+    assert CoupledMamba2Layer(M, D_MODEL, d_state=16, headdim=16).chunk_size == 8
+    assert CoupledMamba2Layer(M, D_MODEL, d_state=16, headdim=16,
+                              coupling="none").chunk_size == 16
+    assert CoupledMamba2Layer(M, D_MODEL, d_state=16, headdim=16, chunk_size=5).chunk_size == 5

@@ -120,7 +120,7 @@ class CoupledMambaConfig:
     # Mamba-2 models only (coupled_mamba2, mamba2_fusion; the others ignore them):
     headdim: int | None = None  # P, channels per head; None -> 64, or E / 4 below 4 heads of 64
     ngroups: int = 1  # G, groups of the B/C projections (H % G == 0)
-    chunk_size: int = 64  # T, block length of the chunked SSD
+    chunk_size: int | None = None  # T, SSD block length; None -> from K, N, P (ssd_chunk)
     ssd_impl: str = "auto"  # coupled_ssd impl: "auto" | "ref" | "chunked"
 
     # --- input projection and head -------------------------------------------------------------
@@ -180,7 +180,7 @@ class CoupledMambaConfig:
             )
 
         for name in ("d_model", "n_layers", "expand", "d_conv", "d_state", "proj_hidden",
-                     "head_hidden", "n_heads", "ffn_mult", "ngroups", "chunk_size"):
+                     "head_hidden", "n_heads", "ffn_mult", "ngroups"):
             _positive_int(name, getattr(self, name))
         if self.dt_rank is None:
             self.dt_rank = _default_dt_rank(self.d_state)
@@ -188,6 +188,8 @@ class CoupledMambaConfig:
         if self.headdim is None:
             self.headdim = _default_headdim(self.d_inner)
         _positive_int("headdim", self.headdim)
+        if self.chunk_size is not None:
+            _positive_int("chunk_size", self.chunk_size)
 
         self.coupling = check_layer_options(self.coupling, self.scan_impl, self.dt_init)
         if self.ssd_impl not in SSD_IMPLS:

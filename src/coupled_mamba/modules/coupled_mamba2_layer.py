@@ -42,6 +42,18 @@ from .layers import ModalityGatedRMSNorm, ModalityLayerNorm, ModalityLinear, cau
 A_INIT_RANGE = (1.0, 16.0)  # Mamba-2's range of -A per head
 
 
+def ssd_chunk(n_keys: int, d_state: int, headdim: int) -> int:
+    """The SSD block length T for a layer whose chain has ``n_keys`` keys (and as many queries) per
+    step: M for a rank-one coupling, 1 for "none".
+
+    Per step the intra-block products cost about T K^2 (N + P) and passing the block states about
+    2 K N P, so T near 2 N P / (K (N + P)) balances them; the next power of two, in [8, 64].
+    (64 steps of M = 3 keys would make (192 x 192) score blocks for a small model.)
+    """
+    balance = 2 * d_state * headdim / (n_keys * (d_state + headdim))
+    return int(min(64, max(8, 2 ** math.ceil(math.log2(max(balance, 1.0))))))
+
+
 def mamba2_heads(d_inner: int, headdim: int, ngroups: int) -> int:
     """H = d_inner / headdim, checked: UserInputError unless headdim divides d_inner and ngroups
     divides H."""
@@ -65,6 +77,7 @@ class CoupledMamba2Layer(CouplingMixin, nn.Module):
     conv_weight (M, X, K), conv_bias (M, X); dt_bias (M, H); A_log (M, H); D (M, H);
     gated_norm (M, E); out_proj (M, d, E); coupling_logits (M, M) when coupling="learned".
     With ``coupling="none"`` modality m's output is exactly a Mamba-2 block's on x_m alone.
+    ``chunk_size`` None takes :func:`ssd_chunk`'s block length.
     """
 
     def __init__(
@@ -85,7 +98,7 @@ class CoupledMamba2Layer(CouplingMixin, nn.Module):
         conv_bias: bool = True,
         bias: bool = False,
         residual_scale: float = 1.0,
-        chunk_size: int = 64,
+        chunk_size: int | None = None,
         ssd_impl: str = "auto",
         norm_eps: float = 1e-5,
         device=None,
@@ -103,6 +116,8 @@ class CoupledMamba2Layer(CouplingMixin, nn.Module):
         self.headdim, self.ngroups = headdim, ngroups
         self.n_heads = H = mamba2_heads(E, headdim, ngroups)
         self.conv_dim = X = E + 2 * ngroups * d_state
+        if chunk_size is None:
+            chunk_size = ssd_chunk(1 if coupling == "none" else M, d_state, headdim)
         self.chunk_size, self.ssd_impl = chunk_size, ssd_impl
         self._init = dict(dt_min=dt_min, dt_max=dt_max, dt_init_floor=dt_init_floor,
                           residual_scale=residual_scale)
