@@ -21,6 +21,7 @@ def test_rule_follows_the_data():
     small, large = data_defaults(3000, 40, [16, 8]), data_defaults(30_000, 50, [16, 8])
     assert small["model.d_model"] == 32 and large["model.d_model"] == 64
     assert small["model.dt_min"] == 1 / 40 and large["model.dt_min"] == 1 / 50
+    assert small["train.epochs"] == 100 and large["train.epochs"] == 60
     assert small["train.scheduler"] == "warmup_cosine" and small["train.select_on"] == "loss"
     assert data_defaults(3000, 40, [16, 8], "classification")["train.select_on"] == "primary"
 
