@@ -27,7 +27,7 @@ import numpy as np
 from coupled_mamba.data.interaction import SOLVED_GAP, SUITE, make_interaction, scaled
 
 # The demo's experiment config (configs/demo.yaml holds the same; a test keeps them equal): the
-# data defaults with a shorter schedule than their 60 epochs, to fit the demo's time budget.
+# data defaults with a shorter schedule than their 100 epochs, to fit the demo's time budget.
 DEMO_CONFIG: dict = {
     "data": {"format": "npz"},
     "model": {"name": "coupled_mamba"},
