@@ -51,7 +51,7 @@ from ..errors import UserInputError
 from ..ops import IMPLS, coupled_selective_scan
 from ._inputs import as_modality_list, check_sequences
 from .coupling import CouplingMixin, check_coupling
-from .layers import ModalityLayerNorm, ModalityLinear, causal_conv_silu
+from .layers import ModalityLayerNorm, ModalityLinear, causal_conv_silu, init_dt_bias_
 
 DT_INITS = ("random", "constant")
 
@@ -156,10 +156,7 @@ class _CoupledSSM(CouplingMixin, nn.Module):
             nn.init.constant_(self.dt_proj.weight, std)
         else:
             nn.init.uniform_(self.dt_proj.weight, -std, std)
-        lo, hi = math.log(cfg["dt_min"]), math.log(cfg["dt_max"])
-        dt = torch.exp(torch.rand_like(self.dt_proj.bias) * (hi - lo) + lo)
-        dt = dt.clamp(min=cfg["dt_init_floor"])
-        self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # softplus^-1(dt)
+        init_dt_bias_(self.dt_proj.bias, cfg["dt_min"], cfg["dt_max"], cfg["dt_init_floor"])
         n = torch.arange(1, self.d_state + 1, dtype=self.A_log.dtype, device=self.A_log.device)
         self.A_log.copy_(torch.log(n).expand_as(self.A_log))
         self.D.fill_(1.0)
@@ -243,23 +240,18 @@ class CoupledMambaMixer(_CoupledSSM):
         return list(self._mix(torch.stack(xs)).unbind(0))
 
 
-class CoupledMambaLayer(_CoupledSSM):
-    """One coupled layer: per-modality pre-norm, the coupled mixer, residual add.
-
-    ``x + mixer(LayerNorm_m(x))`` on the modality-first layout (M, B, L, d). Parameters: those of
-    :class:`CoupledMambaMixer` (which see) plus norm (M, d).
-    """
-
-    def __init__(self, n_modalities: int, d_model: int, *, norm_eps: float = 1e-5, **kwargs):
-        super().__init__(n_modalities, d_model, norm_eps=norm_eps, **kwargs)
+class PreNormResidual:
+    """``forward`` and ``step`` of a coupled layer: ``x + mix(norm(x))`` on the modality-first
+    layout (M, B, L, d), whole sequences or continued from a cached state. The layer provides
+    ``norm`` and ``_mix(h, state=None)``."""
 
     def forward(self, x: torch.Tensor, state=None):
         """x: (M, B, L, d) residual streams -> (M, B, L, d).
 
-        With ``state = (conv_state (M, B, E, K), ssm_state (M, B, E, N))`` (see
-        :meth:`allocate_cache`) the L steps continue a sequence whose earlier steps left that
-        state, and the result is ``(out, (conv_state, ssm_state))`` with the state after the last
-        step; the arguments are not modified. Zero states give the stateless forward.
+        With ``state = (conv_state, ssm_state)`` (see the layer's ``allocate_cache`` for their
+        shapes) the L steps continue a sequence whose earlier steps left that state, and the
+        result is ``(out, (conv_state, ssm_state))`` with the state after the last step; the
+        arguments are not modified. Zero states give the stateless forward.
         """
         if state is None:
             return x + self._mix(self.norm(x))
@@ -267,18 +259,20 @@ class CoupledMambaLayer(_CoupledSSM):
         return x + out, state
 
     def step(self, x: torch.Tensor, conv_state: torch.Tensor, ssm_state: torch.Tensor):
-        """One time step of every modality.
-
-        Args:
-            x: (M, B, d) inputs at step t.
-            conv_state: (M, B, E, K) conv inputs at steps t-K..t-1.
-            ssm_state: (M, B, E, N) coupled state h[t-1].
-
-        Returns:
-            (out (M, B, d), new conv_state, new ssm_state); the states are new tensors, the
-            arguments are not modified.
-        """
+        """One time step of every modality: x (M, B, d) at step t and the states after step t-1
+        -> (out (M, B, d), new conv_state, new ssm_state); the arguments are not modified."""
         out, (conv_state, ssm_state) = self(x[:, :, None], (conv_state, ssm_state))
         return out[:, :, 0], conv_state, ssm_state
 
 
+class CoupledMambaLayer(PreNormResidual, _CoupledSSM):
+    """One coupled layer: per-modality pre-norm, the coupled mixer, residual add.
+
+    ``x + mixer(LayerNorm_m(x))`` on the modality-first layout (M, B, L, d). Parameters: those of
+    :class:`CoupledMambaMixer` (which see) plus norm (M, d). States for ``forward(x, state)``
+    and ``step``: conv_state (M, B, E, K), the conv inputs at steps t-K..t-1, and ssm_state
+    (M, B, E, N), the coupled state h[t-1] (:meth:`allocate_cache`).
+    """
+
+    def __init__(self, n_modalities: int, d_model: int, *, norm_eps: float = 1e-5, **kwargs):
+        super().__init__(n_modalities, d_model, norm_eps=norm_eps, **kwargs)

@@ -36,8 +36,15 @@ from torch import nn
 
 from ..errors import UserInputError
 from ..ops import SSD_IMPLS, coupled_ssd
+from .coupled_layer import PreNormResidual
 from .coupling import CouplingMixin, check_coupling
-from .layers import ModalityGatedRMSNorm, ModalityLayerNorm, ModalityLinear, causal_conv_silu
+from .layers import (
+    ModalityGatedRMSNorm,
+    ModalityLayerNorm,
+    ModalityLinear,
+    causal_conv_silu,
+    init_dt_bias_,
+)
 
 A_INIT_RANGE = (1.0, 16.0)  # Mamba-2's range of -A per head
 
@@ -67,11 +74,11 @@ def mamba2_heads(d_inner: int, headdim: int, ngroups: int) -> int:
     return H
 
 
-class CoupledMamba2Layer(CouplingMixin, nn.Module):
+class CoupledMamba2Layer(PreNormResidual, CouplingMixin, nn.Module):
     """One coupled Mamba-2 layer: per-modality pre-norm, M Mamba-2 mixers sharing one coupled
     SSD, residual add. Same interface as :class:`~coupled_mamba.modules.CoupledMambaLayer`
     (``forward(x, state=None)``, ``step``, ``allocate_cache``, ``coupling_matrix``), so the
-    encoder stacks either.
+    encoder stacks either; its states are conv_state (M, B, X, K) and ssm_state (M, B, H, P, N).
 
     Parameters (leading M = one slice per modality): norm (M, d); in_proj (M, 2E + 2GN + H, d);
     conv_weight (M, X, K), conv_bias (M, X); dt_bias (M, H); A_log (M, H); D (M, H);
@@ -150,10 +157,7 @@ class CoupledMamba2Layer(CouplingMixin, nn.Module):
         nn.init.uniform_(self.conv_weight, -bound, bound)
         if self.conv_bias is not None:
             nn.init.uniform_(self.conv_bias, -bound, bound)
-        lo, hi = math.log(cfg["dt_min"]), math.log(cfg["dt_max"])
-        dt = torch.exp(torch.rand_like(self.dt_bias) * (hi - lo) + lo).clamp(
-            min=cfg["dt_init_floor"])
-        self.dt_bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # softplus^-1(dt)
+        init_dt_bias_(self.dt_bias, cfg["dt_min"], cfg["dt_max"], cfg["dt_init_floor"])
         self.A_log.copy_(torch.log(torch.empty_like(self.A_log).uniform_(*A_INIT_RANGE)))
         self.D.fill_(1.0)
         self.norm.weight.fill_(1.0)
@@ -161,19 +165,6 @@ class CoupledMamba2Layer(CouplingMixin, nn.Module):
         self.gated_norm.weight.fill_(1.0)
         if self.coupling_logits is not None:
             self.coupling_logits.zero_()
-
-    def forward(self, x: torch.Tensor, state=None):
-        """x: (M, B, L, d) residual streams -> (M, B, L, d).
-
-        With ``state = (conv_state (M, B, X, K), ssm_state (M, B, H, P, N))`` (see
-        :meth:`allocate_cache`) the L steps continue a sequence whose earlier steps left that
-        state, and the result is ``(out, (conv_state, ssm_state))``; the arguments are not
-        modified.
-        """
-        if state is None:
-            return x + self._mix(self.norm(x))
-        out, state = self._mix(self.norm(x), state)
-        return x + out, state
 
     def _mix(self, h: torch.Tensor, state=None):
         """h: (M, B, L, d) -> out_proj(gated_norm(coupled SSD(h))) (M, B, L, d) [, new state]."""
@@ -199,12 +190,6 @@ class CoupledMamba2Layer(CouplingMixin, nn.Module):
         y, ssm_state = out if state is not None else (out, None)
         y = self.out_proj(self.gated_norm(y.flatten(-2), z))
         return y if state is None else (y, (conv_state, ssm_state))
-
-    def step(self, x: torch.Tensor, conv_state: torch.Tensor, ssm_state: torch.Tensor):
-        """One time step: x (M, B, d), conv_state (M, B, X, K), ssm_state (M, B, H, P, N) ->
-        (out (M, B, d), new conv_state, new ssm_state); the arguments are not modified."""
-        out, (conv_state, ssm_state) = self(x[:, :, None], (conv_state, ssm_state))
-        return out[:, :, 0], conv_state, ssm_state
 
     def allocate_cache(self, batch_size: int, device=None, dtype=None):
         """Zero (conv_state (M, B, X, K), ssm_state (M, B, H, P, N)) for stepping."""

@@ -213,3 +213,12 @@ def causal_conv_silu(u: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
     out = F.silu(F.conv1d(u.reshape(1, rows, -1), w, b, padding=pad, groups=rows)[..., :L])
     out = out.view(M, Bsz, C, L)
     return out if conv_state is None else (out, new_state)
+
+
+@torch.no_grad()
+def init_dt_bias_(bias: torch.Tensor, dt_min: float, dt_max: float, floor: float) -> None:
+    """Mamba's step-size bias, in place: softplus^-1(dt) with dt log-uniform in [dt_min, dt_max]
+    and floored at ``floor``, so that softplus(bias) starts at those step sizes."""
+    lo, hi = math.log(dt_min), math.log(dt_max)
+    dt = torch.exp(torch.rand_like(bias) * (hi - lo) + lo).clamp(min=floor)
+    bias.copy_(dt + torch.log(-torch.expm1(-dt)))

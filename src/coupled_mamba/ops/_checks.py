@@ -51,6 +51,22 @@ def _check_dtype(name: str, got: torch.dtype, dtype: torch.dtype, same_dtype: bo
         )
 
 
+def check_arguments(specs, device: torch.device, dtype: torch.dtype, ref: str) -> None:
+    """Check each ``(name, tensor or None, expected shape, shape letters, same_dtype)`` of
+    ``specs`` against the op's main input ``ref`` (its device and dtype): the loop both ops'
+    validations share. ``same_dtype`` False also accepts float32 next to half inputs."""
+    for name, t, expected, letters, same_dtype in specs:
+        if t is None:
+            continue
+        # torch.Size compares equal to a tuple of the same ints
+        if not isinstance(t, torch.Tensor) or t.shape != expected:
+            _shape_error(name, t, expected, letters)
+        if t.device != device:
+            raise ValueError(f"{name}: on device {t.device}, but {ref} is on {device}")
+        if t.dtype != dtype:
+            _check_dtype(name, t.dtype, dtype, same_dtype, ref)
+
+
 def check_scan_inputs(
     u, delta, A, B, C, D=None, z=None, delta_bias=None, initial_state=None
 ) -> ScanDims:
@@ -79,7 +95,7 @@ def check_scan_inputs(
     bdl = (M, Bt, Dc, L)
     bnl = (M, Bt, N, L)
     md = (M, Dc)
-    for name, t, expected, letters, same_dtype in (
+    check_arguments((
         ("delta", delta, bdl, "(M, Bt, D, L)", True),
         ("A", A, (M, Dc, N), "(M, D, N)", False),
         ("B", B, bnl, "(M, Bt, N, L)", True),
@@ -88,17 +104,7 @@ def check_scan_inputs(
         ("z", z, bdl, "(M, Bt, D, L)", True),
         ("delta_bias", delta_bias, md, "(M, D)", False),
         ("initial_state", initial_state, (M, Bt, Dc, N), "(M, Bt, D, N)", False),
-    ):
-        if t is None:
-            continue
-        # torch.Size compares equal to a tuple of the same ints
-        if not isinstance(t, torch.Tensor) or t.shape != expected:
-            _shape_error(name, t, expected, letters)
-        if t.device != device:
-            raise ValueError(f"{name}: on device {t.device}, but u is on {device}")
-        dt_k = t.dtype
-        if dt_k != dtype:
-            _check_dtype(name, dt_k, dtype, same_dtype)
+    ), device, dtype, "u")
     compute = torch.float32 if dtype in _HALF else dtype
     return ScanDims(M, Bt, Dc, N, L, compute)
 

@@ -12,7 +12,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from ._checks import _SUPPORTED, _check_dtype, _shape_error
+from ._checks import _SUPPORTED, check_arguments
 
 
 class SSDDims(NamedTuple):
@@ -53,7 +53,7 @@ def check_ssd_inputs(x, dt, A, B, C, D=None, z=None, dt_bias=None, initial_state
     dtype, device = x.dtype, x.device
     if dtype not in _SUPPORTED:
         raise ValueError(f"x: dtype {dtype} not supported; use fp32, fp64, fp16 or bf16")
-    for name, t, expected, letters, same_dtype in (
+    check_arguments((
         ("dt", dt, (M, Bt, L, H), "(M, Bt, L, H)", True),
         ("A", A, (M, H), "(M, H)", False),
         ("B", B, (M, Bt, L, G, N), "(M, Bt, L, G, N)", True),
@@ -62,15 +62,7 @@ def check_ssd_inputs(x, dt, A, B, C, D=None, z=None, dt_bias=None, initial_state
         ("z", z, (M, Bt, L, H, P), "(M, Bt, L, H, P)", True),
         ("dt_bias", dt_bias, (M, H), "(M, H)", False),
         ("initial_state", initial_state, (M, Bt, H, P, N), "(M, Bt, H, P, N)", False),
-    ):
-        if t is None:
-            continue
-        if not isinstance(t, torch.Tensor) or t.shape != expected:
-            _shape_error(name, t, expected, letters)
-        if t.device != device:
-            raise ValueError(f"{name}: on device {t.device}, but x is on {device}")
-        if t.dtype != dtype:
-            _check_dtype(name, t.dtype, dtype, same_dtype, ref="x")
+    ), device, dtype, "x")
     return SSDDims(M, Bt, L, H, P, G, N)
 
 
