@@ -174,8 +174,11 @@ class _CoupledSSM(CouplingMixin, nn.Module):
         E, R, N = self.d_inner, self.dt_rank, self.d_state
         # One GEMM per modality over all B*L steps; its result is (M, 2E, B, L) in memory.
         xz = self.in_proj.columns(h.reshape(M, Bsz * L, d).transpose(1, 2)).view(M, 2 * E, Bsz, L)
-        u = xz[:, :E].transpose(1, 2).contiguous()  # (M, B, E, L): the conv's channels (m, b, e)
-        z = xz[:, E:].transpose(1, 2)  # (M, B, E, L) view; the scan reads it as it is
+        # split, not slicing: its backward concatenates the two gradients, where a slice's
+        # backward writes each into a zero-filled tensor of xz's full size.
+        u, z = xz.split(E, dim=1)
+        u = u.transpose(1, 2).contiguous()  # (M, B, E, L): the conv's channels (m, b, e)
+        z = z.transpose(1, 2)  # (M, B, E, L) view; the scan reads it as it is
         if state is None:
             u = causal_conv_silu(u, self.conv_weight, self.conv_bias)
         else:
@@ -183,8 +186,9 @@ class _CoupledSSM(CouplingMixin, nn.Module):
             u, conv_state = causal_conv_silu(u, self.conv_weight, self.conv_bias, conv_state)
         # Selective parameters: x_proj over all B*L columns, then dt_proj on the dt rows.
         x = self.x_proj.columns(u.transpose(1, 2).reshape(M, E, Bsz * L)).view(M, R + 2 * N, Bsz, L)
-        Bm, Cm = x[:, R:].transpose(1, 2).split(N, dim=2)  # (M, B, N, L) views
-        delta = self.dt_proj.columns(x[:, :R].reshape(M, R, Bsz * L), add_bias=False)
+        dt_in, Bm, Cm = x.split([R, N, N], dim=1)
+        Bm, Cm = Bm.transpose(1, 2), Cm.transpose(1, 2)  # (M, B, N, L) views
+        delta = self.dt_proj.columns(dt_in.reshape(M, R, Bsz * L), add_bias=False)
         delta = delta.view(M, E, Bsz, L).transpose(1, 2)  # bias added inside the scan
         out = coupled_selective_scan(
             u, delta, -torch.exp(self.A_log), Bm, Cm, D=self.D, z=z,

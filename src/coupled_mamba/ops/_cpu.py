@@ -170,6 +170,10 @@ class _CoupledScanFn(torch.autograd.Function):
     def forward(ctx, u, delta, A, B, C, D, z, delta_bias, initial_state, W, mode, w, softplus):
         # Only applied with grad mode on and an input requiring grad (inference calls the
         # kernel directly), so the chunk-start states are always saved here.
+        # The kernel reads (M, Bt, D, L) inputs contiguous and copies views: copied here once,
+        # the backward reads the saved copies instead of copying the views again.
+        u, delta = u.contiguous(), delta.contiguous()
+        z = None if z is None else z.contiguous()
         y, last, saved = _load().fwd(u, delta, A, B, C, D, z, delta_bias, initial_state, W,
                                      mode, w, softplus, True, True)
         ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, initial_state, W, saved)
