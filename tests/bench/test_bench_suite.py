@@ -3,6 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
 
 from coupled_mamba.bench.suite import suite_markdown, summarize_suite
 from coupled_mamba.train import cli
@@ -51,3 +59,46 @@ def test_unknown_setting_is_one_line(capsys, tmp_path):
     assert cli.main(["bench", "suite", "--settings", "nope", "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--settings: unknown nope" in err[0]
+
+
+def _session_members(sid: int) -> list[int]:
+    """PIDs of the processes in session ``sid`` other than its leader (Linux /proc)."""
+    pids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # the process ended while we read
+        pid = int(stat.parent.name)
+        if int(fields[3]) == sid and pid != sid:
+            pids.append(pid)
+    return pids
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_sigterm_stops_the_workers(tmp_path):
+    """SIGTERM to `bench suite` ends it with 143 and takes its training workers with it."""
+    argv = [sys.executable, "-m", "coupled_mamba", "bench", "suite", "--settings",
+            "cooccur_small", "--models", "coupled_mamba", "--seeds", "4", "--workers", "2",
+            "--scale", "0.05", "--quiet", "--out", str(tmp_path / "suite"), *TINY,
+            "--set", "train.epochs=5000"]  # longer than the test: workers are mid-training
+    proc = subprocess.Popen(argv, start_new_session=True, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        # The leader, the resource tracker and two workers once both are up.
+        while len(_session_members(proc.pid)) < 3 and time.monotonic() < deadline:
+            assert proc.poll() is None, proc.stderr.read().decode()
+            time.sleep(0.2)
+        time.sleep(3)  # past the workers' imports, into training
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=60)
+        deadline = time.monotonic() + 10
+        while _session_members(proc.pid) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert _session_members(proc.pid) == [], "workers left running"
+        assert code == 128 + signal.SIGTERM
+    finally:
+        proc.kill()
+        for pid in _session_members(proc.pid):
+            os.kill(pid, signal.SIGKILL)

@@ -7,7 +7,8 @@ setting's metric (MAE or accuracy), the gap it closes between the pooled referen
 (:class:`coupled_mamba.data.interaction.References`) and whether that solves the setting.
 
 Records are appended to ``OUT/runs.jsonl`` as they finish and reused by a rerun with the same
-settings, config and code (``environment.code_version``), so an interrupted suite continues.
+settings, config and code (``environment.code_version``), so an interrupted suite continues;
+an interruption (Ctrl-C, SIGTERM) or a failed pair also stops the workers' unfinished pairs.
 Several worker processes (``--workers``) train pairs in parallel, one torch thread each by
 default.
 """
@@ -15,12 +16,15 @@ default.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
 import csv
 import hashlib
 import json
 import math
 import multiprocessing as mp
 import os
+import signal
+import threading
 import time
 from collections.abc import Sequence
 
@@ -63,6 +67,24 @@ def run_pair(setting: str, model: str, seed: int, scale: float, raw_cfg: dict,
             "defaults": result.get("data_defaults")}
 
 
+@contextlib.contextmanager
+def _sigterm_raises():
+    """While active, SIGTERM raises SystemExit(143) in this process (main thread only): its
+    default action would end the process at once and leave the spawned workers training."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def run_suite(settings: Sequence[str], models: Sequence[str], seeds: Sequence[int],
               raw_cfg: dict, out_dir: str, *, scale: float = 1.0, workers: int = 1,
               threads: int = 1, progress: bool = True) -> list[dict]:
@@ -93,19 +115,31 @@ def run_suite(settings: Sequence[str], models: Sequence[str], seeds: Sequence[in
     bar = tqdm(total=len(todo), desc="suite", disable=not progress)
     # spawn: the parent may hold torch threads; forked OpenMP runtimes can deadlock.
     ctx = mp.get_context("spawn")
-    with cf.ProcessPoolExecutor(max_workers=max(1, workers), mp_context=ctx) as pool, \
-            open(path, "a") as log:
-        futures = {pool.submit(run_pair, s, m, seed, scale, raw_cfg, threads): key
-                   for key, s, m, seed in todo}
-        for fut in cf.as_completed(futures):
-            rec = {"key": futures[fut], "code": code, **fut.result()}
-            log.write(json.dumps(_finite(rec)) + "\n")
-            log.flush()
-            records.append(rec)
-            bar.set_postfix_str(f"{rec['setting']} {rec['model']} {rec['seed']}: "
-                                f"{rec['metric']} {rec['score']:.3f}")
-            bar.update()
-    bar.close()
+    before = set(mp.active_children())
+    pool = cf.ProcessPoolExecutor(max_workers=max(1, workers), mp_context=ctx)
+    try:
+        with _sigterm_raises(), open(path, "a") as log:
+            futures = {pool.submit(run_pair, s, m, seed, scale, raw_cfg, threads): key
+                       for key, s, m, seed in todo}
+            for fut in cf.as_completed(futures):
+                rec = {"key": futures[fut], "code": code, **fut.result()}
+                log.write(json.dumps(_finite(rec)) + "\n")
+                log.flush()
+                records.append(rec)
+                bar.set_postfix_str(f"{rec['setting']} {rec['model']} {rec['seed']}: "
+                                    f"{rec['metric']} {rec['score']:.3f}")
+                bar.update()
+    except BaseException:
+        # Interrupted (Ctrl-C, SIGTERM) or a pair failed: the workers would otherwise finish
+        # their pairs, or go on training after this process is gone, for results nobody
+        # records. The finished records are in runs.jsonl; a rerun trains the rest.
+        pool.shutdown(wait=False, cancel_futures=True)
+        for proc in set(mp.active_children()) - before:
+            proc.terminate()
+        raise
+    finally:
+        pool.shutdown(wait=True)
+        bar.close()
     order = {s: i for i, s in enumerate(settings)}
     return sorted(records, key=lambda r: (order[r["setting"]], r["model"], r["seed"]))
 
