@@ -15,10 +15,13 @@ found within the schedule depends on the seed (docs/TRAINING.md, finding 14).
 
 from __future__ import annotations
 
+import functools
 import multiprocessing as mp
 from concurrent.futures import ProcessPoolExecutor
 
 import pytest
+
+from coupled_mamba.bench.suite import run_pair
 
 SETTING = "cooccur_small"
 SEEDS = tuple(range(1111, 1121))
@@ -26,32 +29,19 @@ EPOCHS = 60
 STOP_ACCURACY = 0.95
 
 
-def _train(model: str, seed: int, epochs: int, stop_accuracy: float | None) -> dict:
-    """Train ``model`` with the data defaults on (SETTING, data seed 0); runs in a worker."""
-    import torch
-
-    from coupled_mamba.data.interaction import make_interaction
-    from coupled_mamba.train.config import ExperimentConfig
-    from coupled_mamba.train.data_prep import prepare_loaded
-    from coupled_mamba.train.run import train_run
+def _stop_at(accuracy: float, trainer, epoch: int, row: dict) -> None:
     from coupled_mamba.train.trainer import StopTraining
 
-    torch.set_num_threads(1)
-    data, refs = make_interaction(SETTING, seed=0)
-    cfg = ExperimentConfig.from_dict({"model": {"name": model}, "train": {
-        "epochs": epochs, "seed": seed, "progress": False, "tensorboard": False,
-        "device": "cpu"}}, "test config")
-    cfg.validate()
+    if row["valid_Accuracy"] >= accuracy:
+        raise StopTraining()
 
-    def stop(trainer, epoch, row):
-        if stop_accuracy is not None and row["valid_Accuracy"] >= stop_accuracy:
-            raise StopTraining()
 
-    result = train_run(cfg, None, prepared=prepare_loaded(data, cfg.data, seed),
-                       callbacks=[stop])
-    score = result["test"]["Accuracy"]
-    return {"model": model, "seed": seed, "epochs_run": result["epochs_run"],
-            "gap_closed": refs.gap_closed(score), "solved": refs.solved(score)}
+def _train(model: str, seed: int, epochs: int, stop_accuracy: float | None) -> dict:
+    """The suite's record of ``model`` trained with the data defaults on (SETTING, data seed 0)
+    with training seed ``seed``; runs in a worker process."""
+    stop = () if stop_accuracy is None else (functools.partial(_stop_at, stop_accuracy),)
+    return run_pair(SETTING, model, seed, 1.0, {"train": {"epochs": epochs, "device": "cpu"}}, 1,
+                    data_seed=0, callbacks=stop)
 
 
 @pytest.mark.slow

@@ -26,7 +26,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -39,8 +39,12 @@ def _key(setting: str, model: str, seed: int, scale: float, cfg: dict, code: str
 
 
 def run_pair(setting: str, model: str, seed: int, scale: float, raw_cfg: dict,
-             threads: int) -> dict:
-    """Train ``model`` on (setting, seed) and return its record (runs in a worker process)."""
+             threads: int, *, data_seed: int | None = None,
+             callbacks: Sequence[Callable] = ()) -> dict:
+    """Train ``model`` on (setting, seed) and return its record (runs in a worker process).
+
+    ``data_seed`` draws the data from another seed than the training seed (default: the same);
+    ``callbacks`` go to the trainer (``coupled_mamba.train.run.train_run``)."""
     import torch
 
     from coupled_mamba.data.interaction import make_interaction
@@ -49,7 +53,8 @@ def run_pair(setting: str, model: str, seed: int, scale: float, raw_cfg: dict,
     from coupled_mamba.train.run import train_run
 
     torch.set_num_threads(threads)
-    data, refs = make_interaction(setting, seed=seed, scale=scale)
+    data, refs = make_interaction(setting, seed=seed if data_seed is None else data_seed,
+                                  scale=scale)
     cfg = ExperimentConfig.from_dict(raw_cfg, "suite config")
     cfg.model.name = model
     cfg.train.seed, cfg.train.n_seeds, cfg.train.progress = seed, 1, False
@@ -57,7 +62,7 @@ def run_pair(setting: str, model: str, seed: int, scale: float, raw_cfg: dict,
     cfg.validate()
     prepared = prepare_loaded(data, cfg.data, seed)
     t0 = time.perf_counter()
-    result = train_run(cfg, None, prepared=prepared)
+    result = train_run(cfg, None, prepared=prepared, callbacks=callbacks)
     score = float(result["test"][refs.metric])
     return {"setting": setting, "model": model, "seed": seed, "metric": refs.metric,
             "score": score, "oracle": refs.oracle, "pooled": refs.pooled,
